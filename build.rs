@@ -1,0 +1,27 @@
+//! Compiles `proto/` with `protox` (pure Rust, no system `protoc`) and feeds the
+//! descriptor set to `tonic-prost-build`. The descriptor set keeps source info
+//! so that server reflection shows the proto's doc comments to grpcurl.
+
+use prost::Message;
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto = "proto/presence/v1/presence.proto";
+    println!("cargo:rerun-if-changed={proto}");
+
+    let fds = protox::Compiler::new(["proto"])?
+        .include_imports(true)
+        .include_source_info(true)
+        .open_file(proto)?
+        .file_descriptor_set();
+
+    // Written by hand: `compile_fds` takes a ready descriptor set and does not
+    // write `file_descriptor_set_path` itself.
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("presence_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
