@@ -1,4 +1,20 @@
-pub mod pb {
-    tonic::include_proto!("presence.v1");
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("presence_descriptor");
-}
+//! presenced: a real-time user presence service.
+//!
+//! Modules, one concern each:
+//! - [`presence`]: the engine (rooms, sessions, deadlines, snapshots) behind
+//!   the [`presence::Store`] boundary; no tonic, prost or HTTP types.
+//! - [`token`]: signed room and session capability tokens.
+//! - [`grpc`]: the `presence.v1` service, conversions and status mapping.
+//! - [`server`]: transport assembly (gRPC, grpc-web, CORS, health,
+//!   reflection, beacon route) and ordered shutdown; [`serve`] is the one
+//!   entry point for `main` and the tests.
+//! - [`config`]: flags and environment.
+
+pub mod config;
+pub mod grpc;
+pub mod presence;
+pub mod server;
+pub mod token;
+
+pub use config::Config;
+pub use server::{serve, App};

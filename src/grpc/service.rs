@@ -1,0 +1,244 @@
+//! `presence.v1.PresenceService` over any [`Store`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio_stream::Stream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::convert;
+use super::pb;
+use super::pb::presence_service_server::PresenceService;
+use super::status::token_status;
+use crate::presence::{Snapshot, Store};
+use crate::token;
+
+/// The gRPC service. Cheap to clone (the store and codec are handles).
+#[derive(Clone)]
+pub struct PresenceApi<S> {
+    store: S,
+    tokens: token::Codec,
+    /// Cancelled at shutdown: open watch streams end with UNAVAILABLE.
+    shutdown: CancellationToken,
+}
+
+impl<S: Store> PresenceApi<S> {
+    /// A service over `store`, signing tokens with `tokens`, whose streams end
+    /// when `shutdown` is cancelled.
+    pub fn new(store: S, tokens: token::Codec, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            tokens,
+            shutdown,
+        }
+    }
+
+    /// Ends the session a session token names. Shared by the Disconnect RPC
+    /// and the `POST /v1/disconnect` beacon route.
+    pub async fn disconnect_token(&self, session_token: &str) -> Result<(), Status> {
+        let claims = self
+            .tokens
+            .verify_session(session_token)
+            .map_err(|e| token_status("session_token", e))?;
+        self.store
+            .disconnect(&claims.room_id, &claims.user_id, &claims.session_id)
+            .await?;
+        Ok(())
+    }
+
+    fn room_of(&self, room_token: &str) -> Result<String, Status> {
+        self.tokens
+            .verify_room(room_token)
+            .map_err(|e| token_status("room_token", e))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> PresenceService for PresenceApi<S> {
+    #[instrument(level = "debug", skip_all, fields(room_id = %request.get_ref().room_id, user_id = %request.get_ref().user_id))]
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let interval = convert::interval(req.interval)?;
+        self.store
+            .heartbeat(&req.room_id, &req.user_id, &req.session_id, interval)
+            .await?;
+        Ok(Response::new(pb::HeartbeatResponse {
+            room_token: self.tokens.room_token(&req.room_id),
+            session_token: self
+                .tokens
+                .session_token(&req.room_id, &req.user_id, &req.session_id),
+        }))
+    }
+
+    #[instrument(level = "debug", skip_all)]
+    async fn disconnect(
+        &self,
+        request: Request<pb::DisconnectRequest>,
+    ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        self.disconnect_token(&request.get_ref().session_token)
+            .await?;
+        Ok(Response::new(pb::DisconnectResponse {}))
+    }
+
+    #[instrument(level = "debug", skip_all)]
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        let req = request.into_inner();
+        let room_id = self.room_of(&req.room_token)?;
+        let limit = self.store.limits().list_limit(req.limit);
+        let snapshot = self.store.list_room(&room_id, false, req.limit).await?;
+        Ok(Response::new(pb::ListResponse {
+            snapshot: Some(convert::snapshot(&snapshot, limit)),
+        }))
+    }
+
+    type WatchRoomStream = WatchRoomStream<S::Subscription>;
+
+    #[instrument(level = "debug", skip_all)]
+    async fn watch_room(
+        &self,
+        request: Request<pb::WatchRoomRequest>,
+    ) -> Result<Response<Self::WatchRoomStream>, Status> {
+        let req = request.into_inner();
+        let room_id = self.room_of(&req.room_token)?;
+        let limit = self.store.limits().list_limit(req.limit);
+        if self.shutdown.is_cancelled() {
+            return Err(crate::presence::Error::ShuttingDown.into());
+        }
+        let subscription = self.store.watch(&room_id).await?;
+        Ok(Response::new(WatchRoomStream {
+            subscription,
+            limit,
+            last: None,
+            shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
+            done: false,
+        }))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(user_id = %request.get_ref().user_id))]
+    async fn list_user(
+        &self,
+        request: Request<pb::ListUserRequest>,
+    ) -> Result<Response<pb::ListUserResponse>, Status> {
+        let req = request.into_inner();
+        let rooms = self
+            .store
+            .list_user(&req.user_id, req.online_only, req.limit)
+            .await?;
+        Ok(Response::new(pb::ListUserResponse {
+            rooms: rooms.into_iter().map(convert::room_presence).collect(),
+        }))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(room_id = %request.get_ref().room_id, user_id = %request.get_ref().user_id))]
+    async fn update_room_user(
+        &self,
+        request: Request<pb::UpdateRoomUserRequest>,
+    ) -> Result<Response<pb::UpdateRoomUserResponse>, Status> {
+        let req = request.into_inner();
+        let data = convert::data(req.data)?;
+        self.store
+            .update_room_user(&req.room_id, &req.user_id, data)
+            .await?;
+        Ok(Response::new(pb::UpdateRoomUserResponse {}))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(room_id = %request.get_ref().room_id))]
+    async fn list_room(
+        &self,
+        request: Request<pb::ListRoomRequest>,
+    ) -> Result<Response<pb::ListRoomResponse>, Status> {
+        let req = request.into_inner();
+        let limit = self.store.limits().list_limit(req.limit);
+        let snapshot = self
+            .store
+            .list_room(&req.room_id, req.online_only, req.limit)
+            .await?;
+        Ok(Response::new(pb::ListRoomResponse {
+            snapshot: Some(convert::snapshot(&snapshot, limit)),
+        }))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(room_id = %request.get_ref().room_id, user_id = %request.get_ref().user_id))]
+    async fn remove_room_user(
+        &self,
+        request: Request<pb::RemoveRoomUserRequest>,
+    ) -> Result<Response<pb::RemoveRoomUserResponse>, Status> {
+        let req = request.into_inner();
+        self.store
+            .remove_room_user(&req.room_id, &req.user_id)
+            .await?;
+        Ok(Response::new(pb::RemoveRoomUserResponse {}))
+    }
+
+    #[instrument(level = "debug", skip_all, fields(room_id = %request.get_ref().room_id))]
+    async fn remove_room(
+        &self,
+        request: Request<pb::RemoveRoomRequest>,
+    ) -> Result<Response<pb::RemoveRoomResponse>, Status> {
+        self.store.remove_room(&request.get_ref().room_id).await?;
+        Ok(Response::new(pb::RemoveRoomResponse {}))
+    }
+}
+
+/// The response stream of one WatchRoom call: the store's snapshots as this
+/// watcher sees them (its `limit`), skipping any that would look identical to
+/// the one it sent last, and ending with UNAVAILABLE at shutdown. Dropping it
+/// (the client went away) drops the subscription, which unregisters it.
+pub struct WatchRoomStream<Sub> {
+    subscription: Sub,
+    limit: usize,
+    last: Option<Arc<Snapshot>>,
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    done: bool,
+}
+
+impl<Sub> Stream for WatchRoomStream<Sub>
+where
+    Sub: Stream<Item = Arc<Snapshot>> + Unpin,
+{
+    type Item = Result<pb::WatchRoomResponse, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if this.shutdown.as_mut().poll(cx).is_ready() {
+            this.done = true;
+            return Poll::Ready(Some(Err(Status::unavailable(
+                "the presence service is shutting down; reconnect",
+            ))));
+        }
+        loop {
+            match Pin::new(&mut this.subscription).poll_next(cx) {
+                Poll::Ready(Some(snapshot)) => {
+                    if let Some(last) = &this.last {
+                        if last.same_view(&snapshot, this.limit) {
+                            continue;
+                        }
+                    }
+                    let message = pb::WatchRoomResponse {
+                        snapshot: Some(convert::snapshot(&snapshot, this.limit)),
+                    };
+                    this.last = Some(snapshot);
+                    return Poll::Ready(Some(Ok(message)));
+                }
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}

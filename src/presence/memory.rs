@@ -1,0 +1,866 @@
+//! The embedded in-memory store: rooms, sessions, deadlines and snapshots in
+//! this process.
+//!
+//! State is split into shards by room id, each a `std::sync::Mutex` that is
+//! never held across an `.await` (nothing here is async but the sweeper loop,
+//! which locks only inside the synchronous [`Memory::sweep`]). Two small
+//! indexes, sharded by their own key, answer the questions a room shard
+//! cannot: which room a session id belongs to (to refuse its reuse elsewhere)
+//! and which rooms a user is listed in. Lock order is always room shard, then
+//! index shard; an index shard is never held while a room shard is taken.
+//!
+//! Hot path: a heartbeat for a live session locks one room shard, updates the
+//! session's deadline in place and allocates nothing. Deadlines live in a
+//! per-shard min-heap with one entry per session; a heartbeat does not touch
+//! it: the sweeper, finding an entry whose session has since moved its
+//! deadline, pushes it back at the new time.
+//!
+//! Snapshots: each watched room has a `tokio::sync::watch` channel holding the
+//! latest `Arc<Snapshot>`. A change publishes at once if the room published
+//! nothing in the last `snapshot_interval`, else it is folded into one
+//! publish at the end of that window (done by the sweeper). A slow watcher
+//! therefore holds nothing but a pointer to the latest snapshot, and a burst
+//! costs at most one snapshot build per window.
+
+use std::cmp::Reverse;
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+use tokio_stream::wrappers::WatchStream;
+use tokio_stream::Stream;
+use tokio_util::sync::CancellationToken;
+
+use super::clock::{Clock, Millis};
+use super::model::{Error, Limits, RoomPresence, Snapshot, UserData, UserPresence};
+
+/// Number of room shards (a power of two).
+const ROOM_SHARDS: usize = 64;
+/// Number of shards of each index (a power of two).
+const INDEX_SHARDS: usize = 64;
+/// The sweeper wakes at least this often, so a wall-clock jump or a lost
+/// wake-up costs at most this much lateness.
+const MAX_SWEEP_SLEEP: Millis = 250;
+
+/// The in-memory presence store. Cheap to clone: all clones share one state.
+#[derive(Clone)]
+pub struct Memory {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    rooms: Box<[Mutex<Shard>]>,
+    /// Session id → the room it lives in; sharded by session id.
+    session_rooms: Box<[Mutex<SessionIndex>]>,
+    /// User id → the rooms where that user is listed; sharded by user id.
+    user_rooms: Box<[Mutex<UserIndex>]>,
+    hasher: RandomState,
+    /// Wakes the sweeper when something is due before it planned to wake.
+    sweeper: Notify,
+    /// When the sweeper plans to wake next.
+    next_wake: AtomicU64,
+    /// Open watch subscriptions, for tests and metrics.
+    live_watchers: AtomicUsize,
+    /// Live sessions, for tests and metrics.
+    live_sessions: AtomicUsize,
+}
+
+type SessionIndex = HashMap<Arc<str>, Arc<str>>;
+type UserIndex = HashMap<Arc<str>, HashSet<Arc<str>>>;
+
+#[derive(Default)]
+struct Shard {
+    rooms: HashMap<Arc<str>, Room>,
+    /// One entry per live session, at the deadline it was queued with.
+    deadlines: BinaryHeap<Reverse<Due>>,
+    /// One entry per offline user, at the end of their retention.
+    purges: BinaryHeap<Reverse<Due>>,
+    /// Rooms whose next snapshot waits for the end of a coalescing window.
+    pending: Vec<(Millis, Arc<str>)>,
+}
+
+/// A heap entry: something about `(room, key)` falls due at `at`.
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Due {
+    at: Millis,
+    room: Arc<str>,
+    /// A session id (deadline heap) or a user id (purge heap).
+    key: Arc<str>,
+}
+
+struct Room {
+    id: Arc<str>,
+    users: HashMap<Arc<str>, User>,
+    /// The listing order; see [`Rank`].
+    order: BTreeMap<Rank, Arc<str>>,
+    sessions: HashMap<Arc<str>, Session>,
+    online: u32,
+    /// Source of `Rank::Online` sequence numbers.
+    next_seq: u64,
+    version: u64,
+    /// Present while the room has watchers.
+    publisher: Option<Publisher>,
+}
+
+struct Publisher {
+    tx: watch::Sender<Arc<Snapshot>>,
+    watchers: usize,
+    last_publish: Millis,
+    pending: bool,
+}
+
+/// A user's place in the room's listing: online users in the order they came
+/// online, then offline users, most recently disconnected first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Rank {
+    Online { seq: u64 },
+    Offline { since: Reverse<Millis>, seq: u64 },
+}
+
+struct User {
+    rank: Rank,
+    sessions: u32,
+    data: Option<UserData>,
+}
+
+impl User {
+    fn last_disconnected(&self) -> Option<Millis> {
+        match self.rank {
+            Rank::Online { .. } => None,
+            Rank::Offline { since, .. } => Some(since.0),
+        }
+    }
+}
+
+struct Session {
+    user: Arc<str>,
+    deadline: Millis,
+    /// The deadline of this session's entry in the deadline heap.
+    queued: Millis,
+}
+
+/// Engine-wide counts, for tests and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Live sessions.
+    pub sessions: usize,
+    /// Open watch subscriptions.
+    pub watchers: usize,
+    /// Rooms held in memory (with users or watchers).
+    pub rooms: usize,
+}
+
+impl Memory {
+    /// An empty store.
+    pub fn new(limits: Limits, clock: Arc<dyn Clock>) -> Self {
+        let rooms = (0..ROOM_SHARDS).map(|_| Mutex::default()).collect();
+        let session_rooms = (0..INDEX_SHARDS).map(|_| Mutex::default()).collect();
+        let user_rooms = (0..INDEX_SHARDS).map(|_| Mutex::default()).collect();
+        Self {
+            shared: Arc::new(Shared {
+                clock,
+                limits,
+                rooms,
+                session_rooms,
+                user_rooms,
+                hasher: RandomState::new(),
+                sweeper: Notify::new(),
+                next_wake: AtomicU64::new(0),
+                live_watchers: AtomicUsize::new(0),
+                live_sessions: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// The limits this store enforces.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
+    }
+
+    /// Creates the session or pushes its deadline to now + 2.5 × interval.
+    pub fn heartbeat(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        session_id: &str,
+        interval: Duration,
+    ) -> Result<(), Error> {
+        let limits = &self.shared.limits;
+        limits.check_id("room_id", room_id)?;
+        limits.check_id("user_id", user_id)?;
+        limits.check_id("session_id", session_id)?;
+        let ttl = limits.session_ttl(interval)?;
+        let now = self.shared.clock.now();
+        let deadline = now + ttl;
+
+        let mut guard = self.shared.room_shard(room_id);
+        let shard = &mut *guard;
+        // Fast path: a live session of this room.
+        if let Some(room) = shard.rooms.get_mut(room_id) {
+            if let Some(session) = room.sessions.get_mut(session_id) {
+                if &*session.user != user_id {
+                    return Err(Error::SessionConflict {
+                        session_id: session_id.to_owned(),
+                        other: "user",
+                    });
+                }
+                session.deadline = deadline;
+                if deadline < session.queued {
+                    // The interval shrank: the queued entry would fire late.
+                    session.queued = deadline;
+                    shard.deadlines.push(Reverse(Due {
+                        at: deadline,
+                        room: room.id.clone(),
+                        key: room.sessions.get_key_value(session_id).unwrap().0.clone(),
+                    }));
+                    self.shared.wake_sweeper_by(deadline);
+                }
+                return Ok(());
+            }
+        }
+        self.add_session(shard, room_id, user_id, session_id, deadline, now)
+    }
+
+    /// The slow path of `heartbeat`: a session this room does not have yet.
+    fn add_session(
+        &self,
+        shard: &mut Shard,
+        room_id: &str,
+        user_id: &str,
+        session_id: &str,
+        deadline: Millis,
+        now: Millis,
+    ) -> Result<(), Error> {
+        let limits = &self.shared.limits;
+        let mut index = self.shared.session_index(session_id);
+        if index.contains_key(session_id) {
+            return Err(Error::SessionConflict {
+                session_id: session_id.to_owned(),
+                other: "room",
+            });
+        }
+        let room = shard
+            .rooms
+            .entry(Arc::from(room_id))
+            .or_insert_with_key(|id| Room::new(id.clone(), now));
+        if let Some(user) = room.users.get(user_id) {
+            if user.sessions as usize >= limits.max_sessions_per_user_room {
+                return Err(Error::LimitReached {
+                    what: "sessions per user in a room",
+                    limit: limits.max_sessions_per_user_room,
+                });
+            }
+        }
+        let session_key: Arc<str> = Arc::from(session_id);
+        index.insert(session_key.clone(), room.id.clone());
+        drop(index);
+
+        let user_key = match room.users.get_key_value(user_id) {
+            Some((key, _)) => key.clone(),
+            None => {
+                let key: Arc<str> = Arc::from(user_id);
+                self.shared
+                    .user_index(user_id)
+                    .entry(key.clone())
+                    .or_default()
+                    .insert(room.id.clone());
+                key
+            }
+        };
+        let seq = room.next_seq;
+        let user = room.users.entry(user_key.clone()).or_insert_with(|| User {
+            rank: Rank::Offline {
+                since: Reverse(0),
+                seq,
+            },
+            sessions: 0,
+            data: None,
+        });
+        user.sessions += 1;
+        let came_online = user.sessions == 1;
+        if came_online {
+            room.order.remove(&user.rank);
+            user.rank = Rank::Online { seq };
+            room.next_seq += 1;
+            room.order.insert(user.rank, user_key.clone());
+            room.online += 1;
+        }
+        room.sessions.insert(
+            session_key.clone(),
+            Session {
+                user: user_key,
+                deadline,
+                queued: deadline,
+            },
+        );
+        shard.deadlines.push(Reverse(Due {
+            at: deadline,
+            room: room.id.clone(),
+            key: session_key,
+        }));
+        self.shared.live_sessions.fetch_add(1, Ordering::Relaxed);
+        self.shared.wake_sweeper_by(deadline);
+        if came_online {
+            self.changed(room, &mut shard.pending, now);
+        }
+        Ok(())
+    }
+
+    /// Ends a session at once. Unknown sessions, or a session id now owned
+    /// by another user, are left alone: disconnect is idempotent.
+    pub fn disconnect(&self, room_id: &str, user_id: &str, session_id: &str) {
+        let now = self.shared.clock.now();
+        let mut guard = self.shared.room_shard(room_id);
+        let shard = &mut *guard;
+        let Some(room) = shard.rooms.get_mut(room_id) else {
+            return;
+        };
+        match room.sessions.get(session_id) {
+            Some(session) if &*session.user == user_id => {}
+            _ => return,
+        }
+        self.end_session(room, &mut shard.purges, session_id, now);
+        self.changed(room, &mut shard.pending, now);
+    }
+
+    /// Removes a session from its room; turns its user offline if it was
+    /// their last one. The caller publishes the change when the user went
+    /// offline (returns true then).
+    fn end_session(
+        &self,
+        room: &mut Room,
+        purges: &mut BinaryHeap<Reverse<Due>>,
+        session_id: &str,
+        now: Millis,
+    ) -> bool {
+        let Some((session_key, session)) = room.sessions.remove_entry(session_id) else {
+            return false;
+        };
+        self.shared.live_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.shared.session_index(&session_key).remove(&session_key);
+        let Some(user) = room.users.get_mut(&session.user) else {
+            return false;
+        };
+        user.sessions -= 1;
+        if user.sessions > 0 {
+            return false;
+        }
+        room.order.remove(&user.rank);
+        let seq = match user.rank {
+            Rank::Online { seq } | Rank::Offline { seq, .. } => seq,
+        };
+        user.rank = Rank::Offline {
+            since: Reverse(now),
+            seq,
+        };
+        room.order.insert(user.rank, session.user.clone());
+        room.online -= 1;
+        purges.push(Reverse(Due {
+            at: now.saturating_add(self.shared.limits.retention.as_millis() as Millis),
+            room: room.id.clone(),
+            key: session.user,
+        }));
+        true
+    }
+
+    /// Replaces a listed user's data; empty data clears it.
+    pub fn update_room_user(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        data: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), Error> {
+        let limits = &self.shared.limits;
+        limits.check_id("room_id", room_id)?;
+        limits.check_id("user_id", user_id)?;
+        let data = limits.check_data(data)?;
+        let now = self.shared.clock.now();
+        let mut guard = self.shared.room_shard(room_id);
+        let shard = &mut *guard;
+        let user = shard
+            .rooms
+            .get_mut(room_id)
+            .and_then(|room| room.users.get_mut(user_id))
+            .ok_or_else(|| Error::UserNotInRoom {
+                room_id: room_id.to_owned(),
+                user_id: user_id.to_owned(),
+            })?;
+        if user.data == data {
+            return Ok(());
+        }
+        user.data = data;
+        let room = shard.rooms.get_mut(room_id).expect("looked up above");
+        self.changed(room, &mut shard.pending, now);
+        Ok(())
+    }
+
+    /// Removes a user and all their sessions from a room.
+    pub fn remove_room_user(&self, room_id: &str, user_id: &str) -> Result<(), Error> {
+        let limits = &self.shared.limits;
+        limits.check_id("room_id", room_id)?;
+        limits.check_id("user_id", user_id)?;
+        let now = self.shared.clock.now();
+        let mut guard = self.shared.room_shard(room_id);
+        let shard = &mut *guard;
+        let Some(room) = shard.rooms.get_mut(room_id) else {
+            return Ok(());
+        };
+        let Some((user_key, user)) = room.users.remove_entry(user_id) else {
+            return Ok(());
+        };
+        room.order.remove(&user.rank);
+        if user.sessions > 0 {
+            room.online -= 1;
+            let ended: Vec<Arc<str>> = room
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.user == user_key)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ended {
+                room.sessions.remove(&id);
+                self.shared.session_index(&id).remove(&id);
+                self.shared.live_sessions.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.shared.unlist_user(&user_key, &room.id);
+        self.changed(room, &mut shard.pending, now);
+        self.drop_if_unused(shard, room_id);
+        Ok(())
+    }
+
+    /// Removes a room with all its users and sessions. Its watchers stay
+    /// subscribed and see it empty.
+    pub fn remove_room(&self, room_id: &str) -> Result<(), Error> {
+        self.shared.limits.check_id("room_id", room_id)?;
+        let now = self.shared.clock.now();
+        let mut guard = self.shared.room_shard(room_id);
+        let shard = &mut *guard;
+        let Some(room) = shard.rooms.get_mut(room_id) else {
+            return Ok(());
+        };
+        if room.users.is_empty() {
+            return Ok(());
+        }
+        for id in room.sessions.keys() {
+            self.shared.session_index(id).remove(id);
+        }
+        self.shared
+            .live_sessions
+            .fetch_sub(room.sessions.len(), Ordering::Relaxed);
+        for user in room.users.keys() {
+            self.shared.unlist_user(user, &room.id);
+        }
+        room.sessions = HashMap::new();
+        room.users = HashMap::new();
+        room.order.clear();
+        room.online = 0;
+        self.changed(room, &mut shard.pending, now);
+        self.drop_if_unused(shard, room_id);
+        Ok(())
+    }
+
+    /// The room's listing now: the first `limit` users (0 = default, capped);
+    /// only online users when `online_only`.
+    pub fn list_room(
+        &self,
+        room_id: &str,
+        online_only: bool,
+        limit: u32,
+    ) -> Result<Snapshot, Error> {
+        self.shared.limits.check_id("room_id", room_id)?;
+        let limit = self.shared.limits.list_limit(limit);
+        let now = self.shared.clock.now();
+        let guard = self.shared.room_shard(room_id);
+        Ok(match guard.rooms.get(room_id) {
+            Some(room) => room.snapshot(limit, online_only),
+            None => Snapshot {
+                room_id: Arc::from(room_id),
+                users: Vec::new(),
+                online_count: 0,
+                total_count: 0,
+                version: version_floor(now),
+            },
+        })
+    }
+
+    /// The rooms where the user is listed: online rooms first (by room id),
+    /// then offline ones, most recently left first.
+    pub fn list_user(
+        &self,
+        user_id: &str,
+        online_only: bool,
+        limit: u32,
+    ) -> Result<Vec<RoomPresence>, Error> {
+        self.shared.limits.check_id("user_id", user_id)?;
+        let limit = self.shared.limits.list_limit(limit);
+        let room_ids: Vec<Arc<str>> = match self.shared.user_index(user_id).get(user_id) {
+            Some(rooms) => rooms.iter().cloned().collect(),
+            None => return Ok(Vec::new()),
+        };
+        let mut rooms: Vec<RoomPresence> = room_ids
+            .into_iter()
+            .filter_map(|room_id| {
+                let guard = self.shared.room_shard(&room_id);
+                let user = guard.rooms.get(&room_id)?.users.get(user_id)?;
+                Some(RoomPresence {
+                    last_disconnected: user.last_disconnected(),
+                    room_id,
+                })
+            })
+            .filter(|r| !online_only || r.last_disconnected.is_none())
+            .collect();
+        rooms.sort_by(|a, b| match (a.last_disconnected, b.last_disconnected) {
+            (None, None) => a.room_id.cmp(&b.room_id),
+            (None, Some(_)) => std::cmp::Ordering::Less,
+            (Some(_), None) => std::cmp::Ordering::Greater,
+            (Some(x), Some(y)) => y.cmp(&x).then_with(|| a.room_id.cmp(&b.room_id)),
+        });
+        rooms.truncate(limit);
+        Ok(rooms)
+    }
+
+    /// Subscribes to a room's snapshots: the current one first, then the
+    /// latest after each change. Works on an empty room, which then exists
+    /// (empty) while watched.
+    pub fn watch(&self, room_id: &str) -> Result<Subscription, Error> {
+        self.shared.limits.check_id("room_id", room_id)?;
+        let now = self.shared.clock.now();
+        let cap = self.shared.limits.max_list_limit as usize;
+        let mut guard = self.shared.room_shard(room_id);
+        let room = guard
+            .rooms
+            .entry(Arc::from(room_id))
+            .or_insert_with_key(|id| Room::new(id.clone(), now));
+        if room.publisher.is_none() {
+            let first = Arc::new(room.snapshot(cap, false));
+            room.publisher = Some(Publisher {
+                tx: watch::Sender::new(first),
+                watchers: 0,
+                last_publish: 0,
+                pending: false,
+            });
+        }
+        let publisher = room.publisher.as_mut().expect("set above");
+        publisher.watchers += 1;
+        let rx = publisher.tx.subscribe();
+        self.shared.live_watchers.fetch_add(1, Ordering::Relaxed);
+        Ok(Subscription {
+            stream: WatchStream::new(rx),
+            _guard: WatchGuard {
+                shared: self.shared.clone(),
+                room_id: room.id.clone(),
+            },
+        })
+    }
+
+    /// Ends sessions past their deadline, forgets offline users past
+    /// retention and publishes coalesced snapshots that are due. Returns
+    /// when the next of these falls due, if anything is queued.
+    pub fn sweep(&self) -> Option<Millis> {
+        let now = self.shared.clock.now();
+        let retention = self.shared.limits.retention.as_millis() as Millis;
+        let cap = self.shared.limits.max_list_limit as usize;
+        let mut next: Option<Millis> = None;
+        for shard in self.shared.rooms.iter() {
+            let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let shard = &mut *guard;
+            let mut touched: Vec<Arc<str>> = Vec::new();
+            while let Some(Reverse(due)) = shard.deadlines.peek() {
+                if due.at > now {
+                    break;
+                }
+                let Reverse(due) = shard.deadlines.pop().expect("peeked");
+                let Some(room) = shard.rooms.get_mut(&due.room) else {
+                    continue;
+                };
+                let Some(session) = room.sessions.get_mut(&due.key) else {
+                    continue;
+                };
+                if session.queued != due.at {
+                    continue; // a duplicate entry; the live one is elsewhere in the heap
+                }
+                if session.deadline > now {
+                    session.queued = session.deadline;
+                    shard.deadlines.push(Reverse(Due {
+                        at: session.deadline,
+                        ..due
+                    }));
+                    continue;
+                }
+                if self.end_session(room, &mut shard.purges, &due.key, now) {
+                    touched.push(due.room);
+                }
+            }
+            while let Some(Reverse(due)) = shard.purges.peek() {
+                if due.at > now {
+                    break;
+                }
+                let Reverse(due) = shard.purges.pop().expect("peeked");
+                let Some(room) = shard.rooms.get_mut(&due.room) else {
+                    continue;
+                };
+                let stale = room.users.get(&due.key).is_none_or(|u| {
+                    u.last_disconnected()
+                        .is_none_or(|since| since.saturating_add(retention) != due.at)
+                });
+                if stale {
+                    continue;
+                }
+                let user = room.users.remove(&due.key).expect("checked above");
+                room.order.remove(&user.rank);
+                self.shared.unlist_user(&due.key, &room.id);
+                touched.push(due.room);
+            }
+            touched.dedup();
+            for room_id in touched {
+                if let Some(room) = shard.rooms.get_mut(&room_id) {
+                    self.changed(room, &mut shard.pending, now);
+                }
+                self.drop_if_unused(shard, &room_id);
+            }
+            // Coalesced snapshots whose window has ended.
+            let mut i = 0;
+            while i < shard.pending.len() {
+                let (due_at, _) = shard.pending[i];
+                if due_at > now {
+                    next = earliest(next, due_at);
+                    i += 1;
+                    continue;
+                }
+                let (_, room_id) = shard.pending.swap_remove(i);
+                if let Some(publisher) = shard
+                    .rooms
+                    .get_mut(&room_id)
+                    .and_then(|room| room.publish(now, cap))
+                {
+                    publisher.pending = false;
+                }
+            }
+            if let Some(Reverse(due)) = shard.deadlines.peek() {
+                next = earliest(next, due.at);
+            }
+            if let Some(Reverse(due)) = shard.purges.peek() {
+                next = earliest(next, due.at);
+            }
+        }
+        next
+    }
+
+    /// Runs [`Memory::sweep`] whenever something falls due, until `cancel`.
+    /// This is the one task that expires sessions: there is no timer per
+    /// session.
+    pub async fn run_sweeper(self, cancel: CancellationToken) {
+        loop {
+            let next = self.sweep();
+            let now = self.shared.clock.now();
+            let wake = next.map_or(now + MAX_SWEEP_SLEEP, |at| at.min(now + MAX_SWEEP_SLEEP));
+            self.shared.next_wake.store(wake, Ordering::SeqCst);
+            let sleep = Duration::from_millis(wake.saturating_sub(now));
+            tokio::select! {
+                () = tokio::time::sleep(sleep) => {}
+                () = self.shared.sweeper.notified() => {}
+                () = cancel.cancelled() => return,
+            }
+        }
+    }
+
+    /// Counts of live things.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            sessions: self.shared.live_sessions.load(Ordering::Relaxed),
+            watchers: self.shared.live_watchers.load(Ordering::Relaxed),
+            rooms: self
+                .shared
+                .rooms
+                .iter()
+                .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).rooms.len())
+                .sum(),
+        }
+    }
+
+    /// Records a change to the room's listing: a new version, and a snapshot
+    /// for its watchers now or at the end of the coalescing window.
+    fn changed(&self, room: &mut Room, pending: &mut Vec<(Millis, Arc<str>)>, now: Millis) {
+        room.version = (room.version + 1).max(version_floor(now));
+        let window = self.shared.limits.snapshot_interval.as_millis() as Millis;
+        let Some(publisher) = room.publisher.as_mut() else {
+            return;
+        };
+        if publisher.pending {
+            return;
+        }
+        let due = publisher.last_publish.saturating_add(window);
+        if now >= due {
+            room.publish(now, self.shared.limits.max_list_limit as usize);
+        } else {
+            publisher.pending = true;
+            pending.push((due, room.id.clone()));
+            self.shared.wake_sweeper_by(due);
+        }
+    }
+
+    /// Forgets a room that has neither users nor watchers.
+    fn drop_if_unused(&self, shard: &mut Shard, room_id: &str) {
+        if let Some(room) = shard.rooms.get(room_id) {
+            if room.users.is_empty() && room.publisher.is_none() {
+                shard.rooms.remove(room_id);
+            }
+        }
+    }
+}
+
+/// The smallest version a change at `now` may carry: versions are built from
+/// wall-clock microseconds so they keep growing across restarts.
+fn version_floor(now: Millis) -> u64 {
+    now.saturating_mul(1000)
+}
+
+fn earliest(a: Option<Millis>, b: Millis) -> Option<Millis> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+impl Shared {
+    fn room_shard(&self, room_id: &str) -> MutexGuard<'_, Shard> {
+        let i = self.hasher.hash_one(room_id) as usize & (ROOM_SHARDS - 1);
+        // A panic while holding a shard lock leaves consistent-enough state
+        // (every mutation is completed before any call that could panic), so
+        // poisoning is ignored rather than taking the whole service down.
+        self.rooms[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn session_index(&self, session_id: &str) -> MutexGuard<'_, SessionIndex> {
+        let i = self.hasher.hash_one(session_id) as usize & (INDEX_SHARDS - 1);
+        self.session_rooms[i]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn user_index(&self, user_id: &str) -> MutexGuard<'_, UserIndex> {
+        let i = self.hasher.hash_one(user_id) as usize & (INDEX_SHARDS - 1);
+        self.user_rooms[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unlist_user(&self, user_id: &str, room_id: &str) {
+        let mut index = self.user_index(user_id);
+        if let Entry::Occupied(mut rooms) = index.entry(Arc::from(user_id)) {
+            rooms.get_mut().remove(room_id);
+            if rooms.get().is_empty() {
+                rooms.remove();
+            }
+        }
+    }
+
+    /// Makes sure the sweeper wakes by `at`.
+    fn wake_sweeper_by(&self, at: Millis) {
+        if at < self.next_wake.load(Ordering::SeqCst) {
+            self.next_wake.store(at, Ordering::SeqCst);
+            self.sweeper.notify_one();
+        }
+    }
+}
+
+impl Room {
+    fn new(id: Arc<str>, now: Millis) -> Self {
+        Self {
+            id,
+            users: HashMap::new(),
+            order: BTreeMap::new(),
+            sessions: HashMap::new(),
+            online: 0,
+            next_seq: 0,
+            version: version_floor(now),
+            publisher: None,
+        }
+    }
+
+    /// The listing's first `limit` users (online ones only if asked).
+    fn snapshot(&self, limit: usize, online_only: bool) -> Snapshot {
+        let users = self
+            .order
+            .iter()
+            .take_while(|(rank, _)| !online_only || matches!(rank, Rank::Online { .. }))
+            .take(limit)
+            .map(|(_, user_id)| {
+                let user = &self.users[user_id];
+                UserPresence {
+                    user_id: user_id.clone(),
+                    last_disconnected: user.last_disconnected(),
+                    data: user.data.clone(),
+                }
+            })
+            .collect();
+        Snapshot {
+            room_id: self.id.clone(),
+            users,
+            online_count: self.online,
+            total_count: self.users.len() as u32,
+            version: self.version,
+        }
+    }
+
+    /// Sends a fresh snapshot (of at most `cap` users) to the watchers
+    /// unless it would look the same as the last one. Returns the publisher,
+    /// if the room has watchers.
+    fn publish(&mut self, now: Millis, cap: usize) -> Option<&mut Publisher> {
+        self.publisher.as_ref()?;
+        let fresh = self.snapshot(cap, false);
+        let publisher = self.publisher.as_mut()?;
+        publisher.last_publish = now;
+        let same = fresh.same_view(&publisher.tx.borrow(), usize::MAX);
+        if !same {
+            publisher.tx.send_replace(Arc::new(fresh));
+        }
+        Some(publisher)
+    }
+}
+
+/// A subscription to a room's snapshots: a stream of `Arc<Snapshot>`, the
+/// current one first, then the latest after each change (a slow reader skips
+/// stale ones). Dropping it unsubscribes.
+pub struct Subscription {
+    stream: WatchStream<Arc<Snapshot>>,
+    _guard: WatchGuard,
+}
+
+impl Stream for Subscription {
+    type Item = Arc<Snapshot>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.stream).poll_next(cx)
+    }
+}
+
+/// Unregisters a watcher on drop, and forgets its room when it was the last
+/// watcher of a room without users.
+struct WatchGuard {
+    shared: Arc<Shared>,
+    room_id: Arc<str>,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.shared.live_watchers.fetch_sub(1, Ordering::Relaxed);
+        let mut guard = self.shared.room_shard(&self.room_id);
+        let Some(room) = guard.rooms.get_mut(&self.room_id) else {
+            return;
+        };
+        if let Some(publisher) = room.publisher.as_mut() {
+            publisher.watchers -= 1;
+            if publisher.watchers == 0 {
+                room.publisher = None;
+            }
+        }
+        if room.users.is_empty() && room.publisher.is_none() {
+            guard.rooms.remove(&self.room_id);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The presence engine: rooms, sessions, deadlines and snapshots.
+//!
+//! Plain Rust with an injectable [`Clock`]: no tonic, no prost, no HTTP.
+//! The RPC layer talks to it through the [`Store`] trait.
+
+mod clock;
+mod memory;
+mod model;
+mod store;
+
+pub use clock::{Clock, ManualClock, Millis, SystemClock};
+pub use memory::{Memory, Stats, Subscription};
+pub use model::*;
+pub use store::Store;

@@ -1,0 +1,253 @@
+//! The engine's own vocabulary: what goes in (limits), what comes out
+//! (snapshots, room listings) and what can go wrong.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::clock::Millis;
+
+/// Per-user data in a room: a small JSON object (typing indicator, cursor
+/// colour, status). Shared, never copied, between the room and its snapshots.
+pub type UserData = Arc<serde_json::Map<String, serde_json::Value>>;
+
+/// Default bound on room, user and session id length, in bytes.
+pub const DEFAULT_MAX_ID_BYTES: usize = 256;
+/// Default bound on one user's data in a room, in bytes of compact JSON.
+pub const DEFAULT_MAX_DATA_BYTES: usize = 4096;
+/// Default shortest accepted heartbeat interval.
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Default longest accepted heartbeat interval.
+pub const DEFAULT_MAX_INTERVAL: Duration = Duration::from_secs(600);
+/// Default number of entries in a listing when the caller asks for 0.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Default cap on the number of entries in one listing.
+pub const DEFAULT_MAX_LIST_LIMIT: u32 = 1000;
+/// Default time an offline user stays listed.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+/// Default minimum time between two snapshots of one room (burst coalescing).
+pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(50);
+/// Default bound on live sessions of one user in one room.
+pub const DEFAULT_MAX_SESSIONS_PER_USER_ROOM: usize = 64;
+
+/// A session lives this many intervals after its last heartbeat (× 10).
+const DEADLINE_TENTHS_OF_INTERVAL: u64 = 25;
+
+/// Bounds on input and behaviour knobs of the engine. Every field is
+/// configurable; the defaults are the `DEFAULT_*` constants.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Longest accepted room, user or session id, in bytes.
+    pub max_id_bytes: usize,
+    /// Largest accepted per-user data, in bytes of compact JSON.
+    pub max_data_bytes: usize,
+    /// Shortest accepted heartbeat interval.
+    pub min_interval: Duration,
+    /// Longest accepted heartbeat interval.
+    pub max_interval: Duration,
+    /// Entries in a listing when the caller asks for 0.
+    pub default_list_limit: u32,
+    /// Cap on entries in one listing; larger requests are clamped.
+    pub max_list_limit: u32,
+    /// How long an offline user stays listed.
+    pub retention: Duration,
+    /// Minimum time between two published snapshots of one room: the first
+    /// change after a quiet period is published at once, later ones in the
+    /// window are folded into one snapshot at its end.
+    pub snapshot_interval: Duration,
+    /// Live sessions one user may hold in one room.
+    pub max_sessions_per_user_room: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_id_bytes: DEFAULT_MAX_ID_BYTES,
+            max_data_bytes: DEFAULT_MAX_DATA_BYTES,
+            min_interval: DEFAULT_MIN_INTERVAL,
+            max_interval: DEFAULT_MAX_INTERVAL,
+            default_list_limit: DEFAULT_LIST_LIMIT,
+            max_list_limit: DEFAULT_MAX_LIST_LIMIT,
+            retention: DEFAULT_RETENTION,
+            snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+            max_sessions_per_user_room: DEFAULT_MAX_SESSIONS_PER_USER_ROOM,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks an id: non-empty and at most `max_id_bytes`.
+    pub fn check_id(&self, field: &'static str, id: &str) -> Result<(), Error> {
+        if id.is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if id.len() > self.max_id_bytes {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "is {} bytes long, the limit is {} bytes",
+                    id.len(),
+                    self.max_id_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks a heartbeat interval and returns the session lifetime it gives
+    /// (2.5 × interval), in milliseconds.
+    pub fn session_ttl(&self, interval: Duration) -> Result<Millis, Error> {
+        if interval < self.min_interval || interval > self.max_interval {
+            return Err(Error::invalid(
+                "interval",
+                format!(
+                    "is {}, it must be from {} to {}",
+                    humantime::format_duration(interval),
+                    humantime::format_duration(self.min_interval),
+                    humantime::format_duration(self.max_interval)
+                ),
+            ));
+        }
+        Ok(interval.as_millis() as Millis * DEADLINE_TENTHS_OF_INTERVAL / 10)
+    }
+
+    /// Checks user data against `max_data_bytes`; empty data becomes `None`.
+    pub fn check_data(
+        &self,
+        data: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Option<UserData>, Error> {
+        if data.is_empty() {
+            return Ok(None);
+        }
+        let size = serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len());
+        if size > self.max_data_bytes {
+            return Err(Error::invalid(
+                "data",
+                format!(
+                    "is {size} bytes as JSON, the limit is {} bytes",
+                    self.max_data_bytes
+                ),
+            ));
+        }
+        Ok(Some(Arc::new(data)))
+    }
+
+    /// Resolves a caller's `limit` (0 = default) against the cap.
+    pub fn list_limit(&self, requested: u32) -> usize {
+        let limit = if requested == 0 {
+            self.default_list_limit
+        } else {
+            requested
+        };
+        limit.min(self.max_list_limit) as usize
+    }
+}
+
+/// One user as listed in a room.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserPresence {
+    /// The user's id.
+    pub user_id: Arc<str>,
+    /// When the user's last session ended; `None` while online.
+    pub last_disconnected: Option<Millis>,
+    /// The user's data in this room.
+    pub data: Option<UserData>,
+}
+
+impl UserPresence {
+    /// True while at least one of the user's sessions in the room is alive.
+    pub fn online(&self) -> bool {
+        self.last_disconnected.is_none()
+    }
+}
+
+/// A room's listing at one version: online users first in the order they
+/// came online, then offline users, most recently disconnected first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The room's id.
+    pub room_id: Arc<str>,
+    /// The first users of the listing (at most the engine's listing cap).
+    pub users: Vec<UserPresence>,
+    /// All online users of the room, listed or not.
+    pub online_count: u32,
+    /// All users of the room, online and offline, listed or not.
+    pub total_count: u32,
+    /// Grows with every change to the listing, across restarts.
+    pub version: u64,
+}
+
+impl Snapshot {
+    /// The first `limit` users.
+    pub fn users(&self, limit: usize) -> &[UserPresence] {
+        &self.users[..self.users.len().min(limit)]
+    }
+
+    /// True when the first `limit` users and the counts are the same in both
+    /// (the version aside): a watcher showing `limit` users would see no
+    /// difference.
+    pub fn same_view(&self, other: &Snapshot, limit: usize) -> bool {
+        self.online_count == other.online_count
+            && self.total_count == other.total_count
+            && self.room_id == other.room_id
+            && self.users(limit) == other.users(limit)
+    }
+}
+
+/// One room of a user, as listed by `list_user`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomPresence {
+    /// The room's id.
+    pub room_id: Arc<str>,
+    /// When the user's last session in the room ended; `None` while online.
+    pub last_disconnected: Option<Millis>,
+}
+
+/// What a caller can get wrong, or what can stop the engine from serving.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// An argument is malformed or out of bounds.
+    #[error("{field} {reason}")]
+    InvalidArgument {
+        /// The request field at fault.
+        field: &'static str,
+        /// What is wrong with it, including the limit that applied.
+        reason: String,
+    },
+    /// The session id is already in use with another room or user.
+    #[error("session id {session_id:?} is already in use with another {other}")]
+    SessionConflict {
+        /// The reused session id.
+        session_id: String,
+        /// "room" or "user".
+        other: &'static str,
+    },
+    /// The (room, user) pair is not listed.
+    #[error("user {user_id:?} is not listed in room {room_id:?}")]
+    UserNotInRoom {
+        /// The room's id.
+        room_id: String,
+        /// The user's id.
+        user_id: String,
+    },
+    /// A configured bound on stored state was reached.
+    #[error("{what} limit reached: at most {limit}")]
+    LimitReached {
+        /// Which bound.
+        what: &'static str,
+        /// Its configured value.
+        limit: usize,
+    },
+    /// The engine is shutting down.
+    #[error("the presence service is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// An `InvalidArgument` for `field`.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

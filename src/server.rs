@@ -1,0 +1,257 @@
+//! Assembles the transport: gRPC, grpc-web (HTTP/1.1 and HTTP/2) with CORS,
+//! health, reflection v1 and v1alpha, and the `POST /v1/disconnect` beacon
+//! route, all on one listener; and shuts it down in order.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_web::GrpcWebLayer;
+use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::grpc::pb::presence_service_server::PresenceServiceServer;
+use crate::grpc::{pb, PresenceApi};
+use crate::presence::{Memory, SystemClock};
+use crate::token;
+
+/// Largest accepted beacon body (a session token), in bytes.
+pub const MAX_BEACON_BYTES: usize = 4096;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is inconsistent or unsafe.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The listener's address could not be read.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+    /// The HTTP/2 server failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The reflection service could not load the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// A presence server ready to run: its store is created, so tests (and
+/// metrics) can hold a handle to it before it serves.
+pub struct App {
+    config: Config,
+    store: Memory,
+}
+
+impl App {
+    /// Builds the store described by `config`.
+    pub fn new(config: Config) -> Result<Self, Error> {
+        config.validate().map_err(Error::Config)?;
+        let store = Memory::new(config.limits(), Arc::new(SystemClock));
+        Ok(Self { config, store })
+    }
+
+    /// A handle to the store.
+    pub fn store(&self) -> &Memory {
+        &self.store
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then shuts down in
+    /// order: health NOT_SERVING, watch streams end with UNAVAILABLE, stop
+    /// accepting, wait for connections to finish, all within
+    /// `shutdown_grace`.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
+        let App { config, store } = self;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            if !config.allow_unauthenticated_public {
+                return Err(Error::Config(format!(
+                    "refusing to listen on non-loopback address {addr} without authentication; \
+                     pass --allow-unauthenticated-public if anyone who can reach it may act as any user"
+                )));
+            }
+            warn!(%addr, "authentication is off on a non-loopback address: anyone who can reach it may act as any user");
+        } else {
+            warn!(%addr, "authentication is off (loopback only)");
+        }
+        let tokens = match &config.token_key {
+            Some(key) => token::Codec::new(key.as_bytes()),
+            None => {
+                info!(
+                    "no --token-key: tokens are signed with a random key and end with this process"
+                );
+                token::Codec::random()
+            }
+        };
+
+        let streams_end = CancellationToken::new();
+        let stop_accepting = CancellationToken::new();
+        let sweeper = tokio::spawn(store.clone().run_sweeper(streams_end.clone()));
+        let api = PresenceApi::new(store, tokens, streams_end.clone());
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<PresenceServiceServer<PresenceApi<Memory>>>()
+            .await;
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let presence = PresenceServiceServer::new(api.clone())
+            .max_decoding_message_size(config.max_request_bytes)
+            .max_encoding_message_size(usize::MAX);
+
+        let beacon = axum::Router::new()
+            .route("/v1/disconnect", axum::routing::post(beacon))
+            .layer(DefaultBodyLimit::max(MAX_BEACON_BYTES))
+            .with_state(api);
+        let routes = Routes::new(presence)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .into_axum_router()
+            .merge(beacon);
+
+        let server = Server::builder()
+            .accept_http1(true)
+            .tcp_nodelay(true)
+            .max_concurrent_streams(config.max_streams_per_connection)
+            .http2_keepalive_interval(Some(config.keepalive_interval))
+            .http2_keepalive_timeout(Some(config.keepalive_timeout))
+            // Rapid-reset guard: a client that opens and cancels streams
+            // faster than we accept them is cut off.
+            .http2_max_pending_accept_reset_streams(Some(64))
+            .http2_max_local_error_reset_streams(Some(1024))
+            .http2_max_header_list_size(16 * 1024)
+            .layer(
+                ServiceBuilder::new()
+                    .layer(cors(&config.cors_allowed_origins)?)
+                    .layer(GrpcWebLayer::new())
+                    .into_inner(),
+            )
+            .add_routes(Routes::from(routes))
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stop_accepting.clone().cancelled_owned(),
+            );
+        tokio::pin!(server);
+        info!(%addr, "presenced listening (gRPC, grpc-web, health, reflection, POST /v1/disconnect)");
+
+        tokio::select! {
+            result = &mut server => {
+                streams_end.cancel();
+                return result.map_err(Error::from);
+            }
+            () = shutdown => {}
+        }
+
+        info!("shutting down");
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_not_serving::<PresenceServiceServer<PresenceApi<Memory>>>()
+            .await;
+        streams_end.cancel();
+        stop_accepting.cancel();
+        match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+            Ok(result) => result?,
+            Err(_) => warn!(
+                grace = %humantime::format_duration(config.shutdown_grace),
+                "connections still open after the shutdown grace period; closing them"
+            ),
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), sweeper).await;
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Serves `config` on `listener` until `shutdown` resolves: the one entry
+/// point of `main` and the tests.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    App::new(config)?.serve(listener, shutdown).await
+}
+
+/// Reflection over every service on the port, with doc comments: presence,
+/// health and both reflection versions (each version lists the other too,
+/// so old and new grpcurl see the same services).
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .include_reflection_service(false)
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
+/// CORS for grpc-web and the beacon: the headers grpc-web clients send, and
+/// the grpc-status headers they must be able to read.
+fn cors(origins: &[String]) -> Result<CorsLayer, Error> {
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        let list = origins
+            .iter()
+            .map(|o| {
+                HeaderValue::from_str(o.trim()).map_err(|_| {
+                    Error::Config(format!("--cors-allowed-origins: invalid origin {o:?}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        AllowOrigin::list(list)
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers(
+            [
+                "content-type",
+                "x-grpc-web",
+                "x-user-agent",
+                "grpc-timeout",
+                "authorization",
+                "connect-protocol-version",
+                "connect-timeout-ms",
+            ]
+            .map(HeaderName::from_static),
+        )
+        .expose_headers(
+            ["grpc-status", "grpc-message", "grpc-status-details-bin"].map(HeaderName::from_static),
+        )
+        .max_age(Duration::from_secs(24 * 3600)))
+}
+
+/// `POST /v1/disconnect`: the body is a session token (text/plain, what
+/// `navigator.sendBeacon(url, token)` sends). 204 when the session is ended
+/// or was already gone; 400 for a token this server did not issue; 413 for a
+/// body over 4 KiB.
+async fn beacon(State(api): State<PresenceApi<Memory>>, body: String) -> Response {
+    match api.disconnect_token(body.trim()).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(status) => {
+            let code = match status.code() {
+                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+                tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (code, status.message().to_owned()).into_response()
+        }
+    }
+}

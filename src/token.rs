@@ -1,0 +1,289 @@
+//! Capability tokens: a room token lets its holder read one room, a session
+//! token lets its holder end one session.
+//!
+//! A token is `base64url(payload || HMAC-SHA256(key, payload))` where the
+//! payload is `[format version][kind][key id][expiry: u64 BE][fields]`, each
+//! field a u16 BE length and its bytes. The kind is inside the MAC, so a room
+//! token can never pass as a session token or the reverse; the key id lets
+//! several keys verify while one signs (rotation). Verification is constant
+//! time (`Mac::verify_slice`). Tokens are not encrypted: they reveal the ids
+//! they name, which their holder knows anyway.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+const FORMAT_VERSION: u8 = 1;
+const MAC_LEN: usize = 32;
+const HEADER_LEN: usize = 1 + 1 + 1 + 8;
+/// Longest token accepted for decoding, in characters; longer input is
+/// refused before any work is done on it.
+pub const MAX_TOKEN_CHARS: usize = 4096;
+/// Shortest accepted `--token-key`, in bytes.
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// What a token grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// List and watch one room.
+    Room = 1,
+    /// Disconnect one session.
+    Session = 2,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Room => "room token",
+            Kind::Session => "session token",
+        }
+    }
+}
+
+/// The claims of a session token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionClaims {
+    /// The session's room.
+    pub room_id: String,
+    /// The session's user.
+    pub user_id: String,
+    /// The session id.
+    pub session_id: String,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// Not a token this server could have issued (encoding, length, layout).
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+    /// The signature does not match: forged, altered or from another key.
+    #[error("invalid {0}: signature does not match")]
+    BadSignature(&'static str),
+    /// A valid token of the other kind.
+    #[error("expected a {expected}, got a {got}")]
+    WrongKind {
+        /// The kind the call needs.
+        expected: &'static str,
+        /// The kind presented.
+        got: &'static str,
+    },
+    /// Signed by a key this server no longer has.
+    #[error("{0} signed by an unknown key")]
+    UnknownKey(&'static str),
+    /// Past its expiry time.
+    #[error("{0} has expired")]
+    Expired(&'static str),
+}
+
+/// Signs and verifies tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Codec {
+    /// The signing key's id and keyed MAC; verification uses the same one
+    /// (several verify-only keys arrive with key rotation).
+    key_id: u8,
+    mac: HmacSha256,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Codec {
+    /// A codec signing with `key` (any length; at least 32 random bytes).
+    pub fn new(key: &[u8]) -> Self {
+        Self {
+            key_id: 0,
+            mac: HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length"),
+        }
+    }
+
+    /// A codec with a fresh random key: its tokens die with the process.
+    pub fn random() -> Self {
+        let mut key = [0u8; 32];
+        getrandom::fill(&mut key).expect("the OS random source is available");
+        Self::new(&key)
+    }
+
+    /// A token for reading `room_id`.
+    pub fn room_token(&self, room_id: &str) -> String {
+        self.sign(Kind::Room, &[room_id])
+    }
+
+    /// A token for ending one session.
+    pub fn session_token(&self, room_id: &str, user_id: &str, session_id: &str) -> String {
+        self.sign(Kind::Session, &[room_id, user_id, session_id])
+    }
+
+    /// The room a room token grants.
+    pub fn verify_room(&self, token: &str) -> Result<String, Error> {
+        let mut fields = self.verify(Kind::Room, token, 1)?;
+        Ok(fields.pop().expect("one field"))
+    }
+
+    /// The session a session token grants.
+    pub fn verify_session(&self, token: &str) -> Result<SessionClaims, Error> {
+        let mut fields = self.verify(Kind::Session, token, 3)?.into_iter();
+        let mut next = || fields.next().expect("three fields");
+        Ok(SessionClaims {
+            room_id: next(),
+            user_id: next(),
+            session_id: next(),
+        })
+    }
+
+    fn sign(&self, kind: Kind, fields: &[&str]) -> String {
+        let len = HEADER_LEN + fields.iter().map(|f| 2 + f.len()).sum::<usize>();
+        let mut buf = Vec::with_capacity(len + MAC_LEN);
+        buf.extend_from_slice(&[FORMAT_VERSION, kind as u8, self.key_id]);
+        buf.extend_from_slice(&0u64.to_be_bytes()); // no expiry
+        for field in fields {
+            let n = u16::try_from(field.len()).expect("ids are bounded far below 64 KiB");
+            buf.extend_from_slice(&n.to_be_bytes());
+            buf.extend_from_slice(field.as_bytes());
+        }
+        let mut mac = self.mac.clone();
+        mac.update(&buf);
+        buf.extend_from_slice(&mac.finalize().into_bytes());
+        URL_SAFE_NO_PAD.encode(buf)
+    }
+
+    fn verify(&self, kind: Kind, token: &str, n_fields: usize) -> Result<Vec<String>, Error> {
+        let name = kind.name();
+        if token.is_empty() {
+            return Err(Error::Malformed(name));
+        }
+        if token.len() > MAX_TOKEN_CHARS {
+            return Err(Error::Malformed(name));
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token.trim())
+            .map_err(|_| Error::Malformed(name))?;
+        if bytes.len() < HEADER_LEN + MAC_LEN || bytes[0] != FORMAT_VERSION {
+            return Err(Error::Malformed(name));
+        }
+        let (payload, tag) = bytes.split_at(bytes.len() - MAC_LEN);
+        if payload[2] != self.key_id {
+            return Err(Error::UnknownKey(name));
+        }
+        let mut mac = self.mac.clone();
+        mac.update(payload);
+        mac.verify_slice(tag)
+            .map_err(|_| Error::BadSignature(name))?;
+        // Signed by us: from here on the layout is ours.
+        let got = match payload[1] {
+            1 => Kind::Room,
+            2 => Kind::Session,
+            _ => return Err(Error::Malformed(name)),
+        };
+        if got != kind {
+            return Err(Error::WrongKind {
+                expected: name,
+                got: got.name(),
+            });
+        }
+        let expiry = u64::from_be_bytes(payload[3..HEADER_LEN].try_into().expect("8 bytes"));
+        if expiry != 0 {
+            return Err(Error::Expired(name));
+        }
+        let mut rest = &payload[HEADER_LEN..];
+        let mut fields = Vec::with_capacity(n_fields);
+        while !rest.is_empty() {
+            if rest.len() < 2 {
+                return Err(Error::Malformed(name));
+            }
+            let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+            let field = rest.get(2..2 + n).ok_or(Error::Malformed(name))?;
+            fields.push(String::from_utf8(field.to_vec()).map_err(|_| Error::Malformed(name))?);
+            rest = &rest[2 + n..];
+        }
+        if fields.len() != n_fields {
+            return Err(Error::Malformed(name));
+        }
+        Ok(fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips() {
+        let codec = Codec::random();
+        let room = codec.room_token("chat:42");
+        assert_eq!(codec.verify_room(&room).unwrap(), "chat:42");
+        let session = codec.session_token("chat:42", "alice", "s1");
+        let claims = codec.verify_session(&session).unwrap();
+        assert_eq!(claims.room_id, "chat:42");
+        assert_eq!(claims.user_id, "alice");
+        assert_eq!(claims.session_id, "s1");
+    }
+
+    #[test]
+    fn kinds_never_cross() {
+        let codec = Codec::random();
+        let room = codec.room_token("r");
+        let session = codec.session_token("r", "u", "s");
+        assert!(matches!(
+            codec.verify_session(&room),
+            Err(Error::WrongKind { .. })
+        ));
+        assert!(matches!(
+            codec.verify_room(&session),
+            Err(Error::WrongKind { .. })
+        ));
+    }
+
+    #[test]
+    fn another_key_is_refused() {
+        let a = Codec::new(b"a key that is long enough to be a real key....");
+        let b = Codec::new(b"another key, just as long as the first one.....");
+        assert_eq!(
+            b.verify_room(&a.room_token("r")),
+            Err(Error::BadSignature("room token"))
+        );
+        // The same key on another instance verifies.
+        let a2 = Codec::new(b"a key that is long enough to be a real key....");
+        assert_eq!(a2.verify_room(&a.room_token("r")).unwrap(), "r");
+    }
+
+    #[test]
+    fn garbage_and_truncation_are_malformed_or_bad() {
+        let codec = Codec::random();
+        let token = codec.room_token("room");
+        for bad in ["", "!!!", "a", &token[..token.len() - 1], &token[..10]] {
+            assert!(codec.verify_room(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(codec.verify_room(&"A".repeat(MAX_TOKEN_CHARS + 1)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn every_issued_token_verifies(room in ".{1,64}", user in ".{1,64}", session in ".{1,64}") {
+            let codec = Codec::random();
+            prop_assert_eq!(codec.verify_room(&codec.room_token(&room)).unwrap(), room.clone());
+            let claims = codec.verify_session(&codec.session_token(&room, &user, &session)).unwrap();
+            prop_assert_eq!((claims.room_id, claims.user_id, claims.session_id), (room, user, session));
+        }
+
+        #[test]
+        fn every_byte_flip_is_refused(room in "[a-z]{1,32}", pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let codec = Codec::random();
+            let token = codec.room_token(&room);
+            let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
+            let i = pos.index(bytes.len());
+            bytes[i] ^= 1 << bit;
+            let forged = URL_SAFE_NO_PAD.encode(&bytes);
+            prop_assert!(codec.verify_room(&forged).is_err());
+        }
+    }
+}
