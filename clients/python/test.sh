@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Tests of the Python client against a real presenced ($PRESENCED_BIN):
+# installs the pinned tools into .venv, installs this package (non-editable,
+# so packaging is tested too), then runs pytest. Bounded: 10 minutes.
+set -euo pipefail
+. "$(dirname "$0")/../../scripts/lib.sh"
+. "$REPO_ROOT/scripts/tools/env.sh"
+
+ensure_venv
+log "pip install clients/python"
+"$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$REPO_ROOT/clients/python"
+"$VENV/bin/pip" check >/dev/null
+
+log "pytest clients/python/tests (presenced: $PRESENCED_BIN)"
+cd "$REPO_ROOT/clients/python"
+exec timeout --kill-after=10 600 "$VENV/bin/python" -m pytest -p no:cacheprovider -q -ra tests
