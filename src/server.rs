@@ -16,7 +16,6 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_web::GrpcWebLayer;
-use tower::ServiceBuilder;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 
@@ -117,11 +116,14 @@ impl App {
             .route("/v1/disconnect", axum::routing::post(beacon))
             .layer(DefaultBodyLimit::max(MAX_BEACON_BYTES))
             .with_state(api);
+        // grpc-web wraps the gRPC services only: tonic-web answers 400 to
+        // any other HTTP/1.1 request, which would shadow the beacon route.
         let routes = Routes::new(presence)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .into_axum_router()
+            .layer(GrpcWebLayer::new())
             .merge(beacon);
 
         let server = Server::builder()
@@ -135,12 +137,7 @@ impl App {
             .http2_max_pending_accept_reset_streams(Some(64))
             .http2_max_local_error_reset_streams(Some(1024))
             .http2_max_header_list_size(16 * 1024)
-            .layer(
-                ServiceBuilder::new()
-                    .layer(cors(&config.cors_allowed_origins)?)
-                    .layer(GrpcWebLayer::new())
-                    .into_inner(),
-            )
+            .layer(cors(&config.cors_allowed_origins)?)
             .add_routes(Routes::from(routes))
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),

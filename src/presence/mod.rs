@@ -12,3 +12,6 @@ pub use clock::{Clock, ManualClock, Millis, SystemClock};
 pub use memory::{Memory, Stats, Subscription};
 pub use model::*;
 pub use store::Store;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,139 @@
+//! A real `presenced` on an ephemeral loopback port, for integration tests.
+#![allow(dead_code)] // each test file uses a different part of this
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use presenced::grpc::pb;
+use presenced::grpc::pb::presence_service_client::PresenceServiceClient;
+use presenced::presence::Memory;
+use presenced::{App, Config};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+pub type Client = PresenceServiceClient<Channel>;
+
+/// A running server. Dropping it without `stop` aborts the server task.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub store: Memory,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), presenced::server::Error>>>,
+}
+
+impl TestServer {
+    /// A server with the default configuration.
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A server whose configuration `tweak` adjusts.
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::defaults();
+        config.shutdown_grace = Duration::from_secs(3);
+        tweak(&mut config);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = App::new(config).unwrap();
+        let store = app.store().clone();
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(app.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            store,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A gRPC client on a new connection.
+    pub async fn client(&self) -> Client {
+        PresenceServiceClient::connect(self.url()).await.unwrap()
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Triggers a graceful shutdown and waits for it.
+    pub async fn stop(mut self) -> Result<(), presenced::server::Error> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+pub fn heartbeat(room: &str, user: &str, session: &str, secs: i64) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest {
+        room_id: room.into(),
+        user_id: user.into(),
+        session_id: session.into(),
+        interval: Some(prost_types::Duration {
+            seconds: secs,
+            nanos: 0,
+        }),
+    }
+}
+
+/// Heartbeats and returns the tokens.
+pub async fn join(
+    client: &mut Client,
+    room: &str,
+    user: &str,
+    session: &str,
+) -> pb::HeartbeatResponse {
+    client
+        .heartbeat(heartbeat(room, user, session, 10))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// `(user, online)` pairs of a snapshot, in order.
+pub fn users(snapshot: &pb::RoomSnapshot) -> Vec<(String, bool)> {
+    snapshot
+        .users
+        .iter()
+        .map(|u| (u.user_id.clone(), u.online))
+        .collect()
+}
+
+pub fn pairs(list: &[(&str, bool)]) -> Vec<(String, bool)> {
+    list.iter().map(|(u, o)| (u.to_string(), *o)).collect()
+}
+
+/// Polls `check` until it holds or `timeout` passes.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($check:expr, $timeout:expr, $($msg:tt)+) => {{
+        let deadline = tokio::time::Instant::now() + $timeout;
+        loop {
+            if $check {
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }};
+}

@@ -1,0 +1,57 @@
+//! Sessions end 2.5 × interval after their last heartbeat: not earlier, and
+//! at most a second later.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use presenced::grpc::pb;
+
+#[tokio::test]
+async fn a_silent_session_goes_offline_between_2_5_and_3_5_intervals() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let watcher = join(&mut client, "r", "watcher", "w").await; // 10 s interval
+    let mut stream = client
+        .watch_room(pb::WatchRoomRequest {
+            room_token: watcher.room_token,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+
+    client
+        .heartbeat(heartbeat("r", "brief", "b", 1))
+        .await
+        .unwrap();
+    let last_heartbeat = Instant::now();
+    // Keep the heartbeat of a user with two sessions going: only one ends.
+    client
+        .heartbeat(heartbeat("r", "two-tabs", "t1", 1))
+        .await
+        .unwrap();
+    client
+        .heartbeat(heartbeat("r", "two-tabs", "t2", 5))
+        .await
+        .unwrap();
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("the expiry is published")
+            .unwrap()
+            .unwrap();
+        let snap = msg.snapshot.unwrap();
+        let brief = snap.users.iter().find(|u| u.user_id == "brief");
+        if brief.is_some_and(|u| !u.online) {
+            let elapsed = last_heartbeat.elapsed();
+            assert!(elapsed >= Duration::from_millis(2500), "early: {elapsed:?}");
+            assert!(elapsed <= Duration::from_millis(3500), "late: {elapsed:?}");
+            let two_tabs = snap.users.iter().find(|u| u.user_id == "two-tabs").unwrap();
+            assert!(two_tabs.online, "one tab of two expired: still online");
+            break;
+        }
+    }
+}
