@@ -7,6 +7,7 @@ set -euo pipefail
 . "$REPO_ROOT/scripts/tools/env.sh"
 
 ensure_venv
+PRESENCED_BIN=$(realpath -m "$PRESENCED_BIN")
 log "pip install clients/python"
 "$VENV/bin/pip" install -q --disable-pip-version-check --force-reinstall --no-deps "$REPO_ROOT/clients/python"
 "$VENV/bin/pip" check >/dev/null

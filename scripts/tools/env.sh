@@ -39,9 +39,14 @@ ensure_buf() {
 }
 
 # ensure_go_tools: Go 1.19, protoc and the Go plugins, all from Debian.
+# golang-github-golang-protobuf-1-5-dev is named on purpose: grpc-go 1.33's
+# codec goes through github.com/golang/protobuf, and only its 1.4+ line (built
+# on google.golang.org/protobuf) can marshal what protoc-gen-go 1.28 emits;
+# left to itself apt satisfies grpc's dependency with the 1.3 line, and every
+# call then panics ("protobuf tag not enough fields").
 ensure_go_tools() {
     need_apt golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc \
-        golang-google-grpc-dev golang-google-protobuf-dev
+        golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
 }
 
 # gopath_env: a GOPATH in which this repo is the package tree `presenced/...`
