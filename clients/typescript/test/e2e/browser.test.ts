@@ -1,0 +1,232 @@
+// The browser path, for real: Debian's Chromium runs the example app (React
+// StrictMode, FacePile) against a real presenced over grpc-web, with CORS
+// (the app and the server are on different ports), and the pagehide beacon.
+import { randomUUID } from "node:crypto";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
+import type { Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { createNodePresenceServiceClient } from "../../src/node.js";
+import { ARTIFACTS, launchChromium, sleep, type Chromium } from "./harness.js";
+
+const presencedUrl = inject("presencedUrl");
+const appUrl = inject("appUrl");
+
+/**
+ * Heartbeat interval of the pages: 30 s, so a session would only time out
+ * 75 s after its last heartbeat. Anything that goes offline within seconds
+ * in these tests was ended by the client (beacon), not by the timeout.
+ */
+const INTERVAL_MS = 30_000;
+
+let chrome: Chromium;
+
+beforeAll(async () => {
+  chrome = await launchChromium();
+});
+
+afterAll(async () => {
+  await chrome?.close();
+});
+
+function newRoom(name: string): string {
+  return `e2e-${name}-${randomUUID().slice(0, 8)}`;
+}
+
+function pageUrl(room: string, user: string, extra: Record<string, string> = {}): string {
+  const url = new URL(appUrl);
+  url.search = new URLSearchParams({
+    server: presencedUrl,
+    room,
+    user,
+    interval: String(INTERVAL_MS),
+    ...extra,
+  }).toString();
+  return url.toString();
+}
+
+async function openUser(room: string, user: string, extra?: Record<string, string>): Promise<Page> {
+  const page = await chrome.openWindow(pageUrl(room, user, extra));
+  page.on("pageerror", (error) => console.error(`[${user}] page error: ${error.message}`));
+  return page;
+}
+
+function avatar(page: Page, user: string) {
+  return page.locator(`.presenced-facepile .presenced-avatar[data-user-id="${user}"]`);
+}
+
+/** Waits until `page`'s FacePile shows `user` online (true) or offline (false). */
+async function expectShown(page: Page, user: string, online: boolean, timeoutMs: number): Promise<number> {
+  const start = Date.now();
+  await expect
+    .poll(() => avatar(page, user).getAttribute("data-online", { timeout: 1_000 }).catch(() => null), {
+      timeout: timeoutMs,
+      interval: 25,
+    })
+    .toBe(online ? "true" : "false");
+  return Date.now() - start;
+}
+
+/** Every state of `user` that `page` has rendered since `sinceMs` (epoch ms). */
+async function renderedStates(page: Page, user: string, sinceMs: number): Promise<boolean[]> {
+  return page.evaluate(
+    ({ user, sinceMs }) =>
+      window.presenceDemo.lists
+        .filter((list) => list.at >= sinceMs)
+        .map((list) => list.users.find((u) => u.userId === user)?.online)
+        .filter((online): online is boolean => online !== undefined),
+    { user, sinceMs },
+  );
+}
+
+async function pageErrors(page: Page): Promise<string[]> {
+  return page.evaluate(() => window.presenceDemo.errors);
+}
+
+describe("presence in Chromium over grpc-web", () => {
+  it("two users in two pages see each other in the FacePile, themselves first", async () => {
+    const room = newRoom("two");
+    const ada = await openUser(room, "ada");
+    const grace = await openUser(room, "grace");
+
+    await expectShown(ada, "grace", true, 10_000);
+    await expectShown(grace, "ada", true, 10_000);
+    await expectShown(ada, "ada", true, 1_000);
+
+    const order = (page: Page) =>
+      page.locator(".presenced-facepile .presenced-avatar").evaluateAll((els) =>
+        els.map((el) => el.getAttribute("data-user-id")),
+      );
+    expect(await order(ada)).toEqual(["ada", "grace"]);
+    expect(await order(grace)).toEqual(["grace", "ada"]);
+    expect(await avatar(ada, "ada").getAttribute("aria-label")).toBe("ada (you): online");
+    expect(await avatar(ada, "grace").getAttribute("aria-label")).toBe("grace: online");
+    expect(await ada.locator("#counts").textContent()).toBe("2 online · 2 in the room");
+    expect(await pageErrors(ada)).toEqual([]);
+    expect(await pageErrors(grace)).toEqual([]);
+    await Promise.all([ada.close(), grace.close()]);
+  });
+
+  it("a closed page shows offline on the other within 2 s (the beacon, not the timeout)", async () => {
+    const room = newRoom("close");
+    const ada = await openUser(room, "ada");
+    const grace = await openUser(room, "grace");
+    await expectShown(ada, "grace", true, 10_000);
+    // Both pages render under React StrictMode: if its double mount had left
+    // a ghost session behind, grace would stay online for 75 s after closing.
+    const closedAt = Date.now();
+    await grace.close();
+    const tookMs = await expectShown(ada, "grace", false, 2_000);
+    expect(Date.now() - closedAt).toBeLessThan(2_000);
+    console.log(`closed page shown offline after ${tookMs} ms`);
+
+    const label = await avatar(ada, "grace").getAttribute("aria-label");
+    expect(label).toBe("grace: last seen just now");
+    const style = await avatar(ada, "grace").evaluate((el) => getComputedStyle(el));
+    expect(style.filter).toContain("grayscale");
+    expect(Number(style.opacity)).toBeLessThan(1);
+    // Online users first, then offline ones.
+    expect(await ada.locator("#members li").evaluateAll((els) => els.map((el) => el.className))).toEqual([
+      "online",
+      "offline",
+    ]);
+    await ada.close();
+  });
+
+  it("one user in two tabs closing one stays online, with no flicker", async () => {
+    const room = newRoom("tabs");
+    const ada = await openUser(room, "ada");
+    const graceTab1 = await openUser(room, "grace");
+    const graceTab2 = await openUser(room, "grace");
+    await expectShown(ada, "grace", true, 10_000);
+    await expectShown(graceTab1, "grace", true, 10_000);
+    await expectShown(graceTab2, "grace", true, 10_000);
+
+    const closedAt = Date.now();
+    await graceTab1.close();
+    await sleep(2_500); // longer than the beacon takes to land (see the test above)
+    expect(await avatar(ada, "grace").getAttribute("data-online")).toBe("true");
+    const states = await renderedStates(ada, "grace", closedAt);
+    expect(states.every((online) => online)).toBe(true);
+    expect(await ada.locator("#counts").textContent()).toBe("2 online · 2 in the room");
+
+    // The view is live: closing the last tab does show grace offline.
+    await graceTab2.close();
+    await expectShown(ada, "grace", false, 2_000);
+    await ada.close();
+  });
+
+  it("a hidden page goes offline and comes back online when visible", async () => {
+    const room = newRoom("hidden");
+    const ada = await openUser(room, "ada");
+    const grace = await openUser(room, "grace");
+    await expectShown(ada, "grace", true, 10_000);
+
+    await chrome.setWindowVisible(grace, false);
+    expect(await grace.evaluate(() => document.visibilityState)).toBe("hidden");
+    const offlineMs = await expectShown(ada, "grace", false, 2_000);
+
+    await chrome.setWindowVisible(grace, true);
+    expect(await grace.evaluate(() => document.visibilityState)).toBe("visible");
+    const onlineMs = await expectShown(ada, "grace", true, 2_000);
+    console.log(`hidden: offline after ${offlineMs} ms; visible: online after ${onlineMs} ms`);
+    // Still one session: closing the page ends it.
+    await grace.close();
+    await expectShown(ada, "grace", false, 2_000);
+    expect(await pageErrors(ada)).toEqual([]);
+    await ada.close();
+  });
+
+  it("with hidden=stay a hidden page stays online", async () => {
+    const room = newRoom("stay");
+    const ada = await openUser(room, "ada");
+    const grace = await openUser(room, "grace", { hidden: "stay" });
+    await expectShown(ada, "grace", true, 10_000);
+    const hiddenAt = Date.now();
+    await chrome.setWindowVisible(grace, false);
+    expect(await grace.evaluate(() => document.visibilityState)).toBe("hidden");
+    await sleep(2_000);
+    expect(await renderedStates(ada, "grace", hiddenAt)).not.toContain(false);
+    expect(await avatar(ada, "grace").getAttribute("data-online")).toBe("true");
+    await Promise.all([ada.close(), grace.close()]);
+  });
+
+  it("FacePile: first avatars, +N from total_count, offline greyed (screenshot kept)", async () => {
+    const room = newRoom("pile");
+    // Three backend users online and three that left, through the Node client.
+    const backend = createNodePresenceServiceClient(presencedUrl);
+    const beat = (user: string) =>
+      backend.heartbeat({
+        roomId: room,
+        userId: user,
+        sessionId: randomUUID(),
+        interval: durationFromMs(60_000),
+      });
+    for (const user of ["grace", "alan"]) await beat(user);
+    for (const user of ["edsger", "barbara", "donald"]) {
+      const { sessionToken } = await beat(user);
+      await backend.disconnect({ sessionToken });
+    }
+    const ada = await openUser(room, "ada");
+    await expectShown(ada, "ada", true, 10_000);
+    await expect.poll(() => ada.locator("#counts").textContent(), { timeout: 5_000 }).toBe(
+      "3 online · 6 in the room",
+    );
+    const ids = await ada
+      .locator(".presenced-facepile .presenced-avatar")
+      .evaluateAll((els) => els.map((el) => `${el.getAttribute("data-user-id")}:${el.getAttribute("data-online")}`));
+    // Self first, then online in the order they came, then offline users,
+    // most recently disconnected first; five shown, "+1" for the sixth.
+    expect(ids).toEqual(["ada:true", "grace:true", "alan:true", "donald:false", "barbara:false"]);
+    expect(await ada.locator(".presenced-facepile-more").textContent()).toBe("+1");
+    expect(await avatar(ada, "donald").getAttribute("aria-label")).toBe("donald: last seen just now");
+
+    mkdirSync(ARTIFACTS, { recursive: true });
+    const file = join(ARTIFACTS, "facepile.png");
+    await ada.locator(".pile-row").screenshot({ path: file });
+    await ada.screenshot({ path: join(ARTIFACTS, "example-app.png") });
+    console.log(`FacePile screenshot: ${file}`);
+    await ada.close();
+  });
+});
