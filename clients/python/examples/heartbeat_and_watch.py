@@ -5,13 +5,15 @@
 
 Sends a heartbeat every --interval seconds from a background thread, prints
 one line per room snapshot (the first at once, then one per join, leave or
-data change), and on exit (Ctrl-C, or after --snapshots N) disconnects the
-session so the others see the user leave at once rather than at expiry.
+data change), and on exit (Ctrl-C, SIGTERM, or after --snapshots N)
+disconnects the session so the others see the user leave at once rather than
+at expiry.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 import uuid
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=keep_alive, args=(stub, heartbeat, args.interval, stop), daemon=True).start()
 
         watch = stub.WatchRoom(pb.WatchRoomRequest(room_token=tokens.room_token))
+        # Ctrl-C (or SIGTERM) ends the watch; a blocked read would not see a
+        # KeyboardInterrupt, so cancelling the call is what wakes it up.
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: watch.cancel())
         seen = 0
         try:
             for update in watch:
@@ -75,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                 seen += 1
                 if seen == args.snapshots:
                     break
-        except KeyboardInterrupt:
-            pass
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.CANCELLED:
+                raise
         finally:
             stop.set()
             watch.cancel()

@@ -6,6 +6,7 @@ Each test uses its own room (a fresh uuid), so they share one server.
 from __future__ import annotations
 
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -233,6 +234,27 @@ def test_example_heartbeats_and_watches(presenced: Presenced, stub: rpc.Presence
     # The example disconnects its session on the way out.
     snapshot = stub.ListRoom(pb.ListRoomRequest(room_id=room_id), timeout=TIMEOUT).snapshot
     assert users(snapshot) == [("bob", True), ("alice", False)]
+
+
+def test_example_disconnects_on_ctrl_c(presenced: Presenced, stub: rpc.PresenceServiceStub) -> None:
+    room_id = room()
+    example = subprocess.Popen(
+        [sys.executable, str(CLIENT_DIR / "examples" / "heartbeat_and_watch.py"), "--addr", presenced.addr,
+         "--room", room_id, "--user", "alice"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert example.stdout is not None
+        assert "1 online of 1: alice*" in example.stdout.readline()
+        example.send_signal(signal.SIGINT)
+        _, err = example.communicate(timeout=TIMEOUT)
+        assert example.returncode == 0, err
+    finally:
+        if example.poll() is None:
+            example.kill()
+            example.wait()
+    snapshot = stub.ListRoom(pb.ListRoomRequest(room_id=room_id), timeout=TIMEOUT).snapshot
+    assert users(snapshot) == [("alice", False)], "the example left its session open"
 
 
 MISTYPED = """

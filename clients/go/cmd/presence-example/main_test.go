@@ -14,7 +14,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -213,7 +212,7 @@ func TestExample(t *testing.T) {
 }
 
 // TestExampleBinary builds the example command and runs it as a process, as
-// a user would.
+// a user would, then stops it with Ctrl-C: it must disconnect its session.
 func TestExampleBinary(t *testing.T) {
 	bin := filepath.Join(t.TempDir(), "presence-example")
 	build := exec.Command("go", "build", "-o", bin, ".")
@@ -221,16 +220,37 @@ func TestExampleBinary(t *testing.T) {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	room := testRoom(t)
-	cmd := exec.Command(bin, "-addr", serverAddr, "-room", room, "-user", "dora", "-snapshots", "1")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	var once sync.Once
-	timer := time.AfterFunc(20*time.Second, func() { once.Do(func() { cmd.Process.Kill() }) })
-	defer timer.Stop()
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("presence-example: %v\n%s", err, out.String())
+	cmd := exec.Command(bin, "-addr", serverAddr, "-room", room, "-user", "dora")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), room+": 1 online of 1: dora*") {
-		t.Fatalf("presence-example printed %q", out.String())
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	timer := time.AfterFunc(20*time.Second, func() { cmd.Process.Kill() })
+	defer timer.Stop()
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() || !strings.Contains(lines.Text(), room+": 1 online of 1: dora*") {
+		cmd.Process.Kill()
+		t.Fatalf("presence-example printed %q (stderr: %s)", lines.Text(), stderr.String())
+	}
+	cmd.Process.Signal(os.Interrupt)
+	for lines.Scan() {
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("presence-example after Ctrl-C: %v\n%s", err, stderr.String())
+	}
+	c := dial(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	snap, err := c.ListRoom(ctx, &presencev1.ListRoomRequest{RoomId: room})
+	if err != nil {
+		t.Fatalf("list room: %v", err)
+	}
+	if got := users(snap.GetSnapshot()); got != "dora:false" {
+		t.Fatalf("after Ctrl-C: %q, want dora offline (the example disconnects)", got)
 	}
 }
