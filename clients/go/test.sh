@@ -3,10 +3,11 @@
 # and protobuf-go (there is no module proxy here): gofmt, go vet, go build,
 # then go test, which starts a real presenced ($PRESENCED_BIN) and runs the
 # generated stubs and the example (in-process and as a built binary) against
-# it. Bounded: 10 minutes.
+# it. Bounded: 15 minutes.
 set -euo pipefail
 . "$(dirname "$0")/../../scripts/lib.sh"
 . "$REPO_ROOT/scripts/tools/env.sh"
+bound_time 900 "$0" "$@"
 
 PRESENCED_BIN=$(realpath -m "$PRESENCED_BIN")
 export PRESENCED_BIN
@@ -21,4 +22,4 @@ log "go vet ./... && go build ./..."
 go vet ./...
 go build ./...
 log "go test ./cmd/... (presenced: $PRESENCED_BIN)"
-exec timeout --kill-after=10 600 go test -count=1 -timeout 300s -v ./cmd/...
+exec go test -count=1 -timeout 300s -v ./cmd/...

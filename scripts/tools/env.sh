@@ -75,3 +75,12 @@ start_presenced() {
     echo "presenced did not listen on 127.0.0.1:$port within 30 s" >&2
     return 1
 }
+
+# bound_time SECONDS "$0" "$@": re-runs the calling script under `timeout`
+# (once), so installs and tests together can never hang CI.
+bound_time() {
+    local secs=$1
+    shift
+    [ "${PRESENCED_BOUNDED:-}" = "$1" ] && return 0
+    PRESENCED_BOUNDED=$1 exec timeout --kill-after=15 "$secs" "$@"
+}
