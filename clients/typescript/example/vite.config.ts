@@ -9,5 +9,5 @@ export default defineConfig({
   clearScreen: false,
   server: { host: "127.0.0.1", strictPort: true },
   preview: { host: "127.0.0.1" },
-  build: { emptyOutDir: true, sourcemap: true },
+  build: { emptyOutDir: true, sourcemap: true, chunkSizeWarningLimit: 1024 },
 });
