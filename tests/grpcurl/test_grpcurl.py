@@ -78,6 +78,8 @@ def test_heartbeat_then_list_round_trip_in_json(presenced: Presenced) -> None:
 
 
 def test_every_rpc(presenced: Presenced) -> None:
+    """All nine RPCs, with a watch open throughout that must see each change:
+    join, data, leave, a removed user, a removed room."""
     addr, room_id = presenced.addr, room()
     alice = heartbeat(addr, room_id, "alice")
 
@@ -99,29 +101,37 @@ def test_every_rpc(presenced: Presenced) -> None:
         left = stream.wait_messages(4)[3]["snapshot"]
         assert users(left) == [("alice", True), ("bob", False)]
         assert "lastDisconnected" in left["users"][1]
+        assert left["users"][1]["data"] == {"typing": True, "cursor": {"x": 3}}  # kept while listed
         assert (left["onlineCount"], left["totalCount"]) == (1, 2)
+
+        assert call(addr, "Disconnect", {"session_token": bob["sessionToken"]}) == {}  # idempotent
+
+        listed = call(addr, "List", {"room_token": alice["roomToken"], "limit": 1})["snapshot"]
+        assert users(listed) == [("alice", True)] and listed["totalCount"] == 2
+
+        rooms = call(addr, "ListUser", {"user_id": "bob"})["rooms"]
+        mine = [r for r in rooms if r["roomId"] == room_id]
+        assert len(mine) == 1 and not mine[0].get("online") and "lastDisconnected" in mine[0], rooms
+        assert [r for r in call(addr, "ListUser", {"user_id": "bob", "online_only": True}).get("rooms", [])
+                if r["roomId"] == room_id] == []
+
+        online = call(addr, "ListRoom", {"room_id": room_id, "online_only": True})["snapshot"]
+        assert users(online) == [("alice", True)] and online["totalCount"] == 2
+
+        assert call(addr, "RemoveRoomUser", {"room_id": room_id, "user_id": "bob"}) == {}
+        removed = stream.wait_messages(5)[4]["snapshot"]
+        assert users(removed) == [("alice", True)] and removed["totalCount"] == 1
+        assert call(addr, "ListRoom", {"room_id": room_id})["snapshot"]["totalCount"] == 1
+
+        assert call(addr, "RemoveRoom", {"room_id": room_id}) == {}
+        emptied = stream.wait_messages(6)[5]["snapshot"]
+        assert emptied.get("users", []) == [] and emptied.get("totalCount", 0) == 0
+
         versions = [int(m["snapshot"]["version"]) for m in stream.messages()]
         assert versions == sorted(set(versions)), versions
     finally:
         stream.interrupt()
 
-    assert call(addr, "Disconnect", {"session_token": bob["sessionToken"]}) == {}  # idempotent
-
-    listed = call(addr, "List", {"room_token": alice["roomToken"], "limit": 1})["snapshot"]
-    assert users(listed) == [("alice", True)] and listed["totalCount"] == 2
-
-    rooms = call(addr, "ListUser", {"user_id": "bob"})["rooms"]
-    mine = [r for r in rooms if r["roomId"] == room_id]
-    assert len(mine) == 1 and not mine[0].get("online") and "lastDisconnected" in mine[0], rooms
-
-    online = call(addr, "ListRoom", {"room_id": room_id, "online_only": True})["snapshot"]
-    assert users(online) == [("alice", True)] and online["totalCount"] == 2
-
-    assert call(addr, "RemoveRoomUser", {"room_id": room_id, "user_id": "bob"}) == {}
-    after = call(addr, "ListRoom", {"room_id": room_id})["snapshot"]
-    assert users(after) == [("alice", True)] and after["totalCount"] == 1
-
-    assert call(addr, "RemoveRoom", {"room_id": room_id}) == {}
     gone = call(addr, "ListRoom", {"room_id": room_id})["snapshot"]
     assert gone.get("users", []) == [] and gone.get("totalCount", 0) == 0
     alice_rooms = call(addr, "ListUser", {"user_id": "alice"}).get("rooms", [])

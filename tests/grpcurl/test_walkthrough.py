@@ -47,7 +47,24 @@ def walkthrough_source() -> Path:
     readme = REPO / "README.md"
     if readme.exists() and BEGIN in readme.read_text():
         return readme
-    return REPO / "docs" / "call-from-anywhere.md"
+    return DRAFT
+
+
+DRAFT = REPO / "docs" / "call-from-anywhere.md"
+
+
+def between_markers(path: Path) -> str:
+    text = path.read_text()
+    return text[text.index(BEGIN):text.index(END)]
+
+
+def test_one_walkthrough_only() -> None:
+    """Once the walkthrough is in README.md, a leftover draft must not drift."""
+    source = walkthrough_source()
+    if source != DRAFT and DRAFT.exists() and BEGIN in DRAFT.read_text():
+        assert between_markers(DRAFT) == between_markers(source), \
+            "README.md and docs/call-from-anywhere.md have different walkthroughs: delete the draft"
+    assert BEGIN in source.read_text(), f"no walkthrough in {source}"
 
 
 def parse(path: Path) -> list[Block]:
