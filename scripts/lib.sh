@@ -19,10 +19,10 @@ need_apt() {
     local stamp=/tmp/.presenced-apt-updated
     if [ ! -f "$stamp" ]; then
         log "apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq && touch "$stamp"
+        DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -qq && touch "$stamp"
     fi
     log "apt-get install ${missing[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # free_port prints a TCP port that was free on 127.0.0.1 a moment ago.

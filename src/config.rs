@@ -24,11 +24,140 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_ALLOW_UNAUTHENTICATED_PUBLIC")]
     pub allow_unauthenticated_public: bool,
 
-    /// Secret (at least 32 bytes) signing room and session tokens. Set it to
-    /// keep tokens valid across restarts and on every instance sharing it;
-    /// unset, a random key is made at start.
-    #[arg(long, env = "PRESENCE_TOKEN_KEY", hide_env_values = true)]
-    pub token_key: Option<String>,
+    /// Secrets (each at least 32 bytes) for room and session tokens,
+    /// comma-separated or repeated: the first signs, all verify, so a key can
+    /// be rotated by putting the new one first and removing the old one
+    /// later. Set it to keep tokens valid across restarts and on every
+    /// instance sharing it; unset, a random key is made at start.
+    #[arg(
+        long = "token-key",
+        env = "PRESENCE_TOKEN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub token_keys: Vec<String>,
+
+    /// Lifetime of room tokens (heartbeats hand out fresh ones); `0s` = never
+    /// expire.
+    #[arg(long, env = "PRESENCE_ROOM_TOKEN_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub room_token_ttl: Duration,
+
+    /// File holding the HS256 secret that signs end-user JWTs.
+    #[arg(
+        long,
+        env = "PRESENCE_JWT_HS256_SECRET_FILE",
+        help_heading = "Authentication"
+    )]
+    pub jwt_hs256_secret_file: Option<String>,
+
+    /// PEM public key files (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA)
+    /// verifying end-user JWTs, each `PATH` or `KID=PATH`; comma-separated or
+    /// repeated.
+    #[arg(
+        long,
+        env = "PRESENCE_JWT_PUBLIC_KEY_FILES",
+        value_delimiter = ',',
+        help_heading = "Authentication"
+    )]
+    pub jwt_public_key_file: Vec<String>,
+
+    /// JWKS document (file) with keys verifying end-user JWTs.
+    #[arg(long, env = "PRESENCE_JWKS_FILE", help_heading = "Authentication")]
+    pub jwks_file: Option<String>,
+
+    /// JWKS URL with keys verifying end-user JWTs; fetched at start, every
+    /// --jwks-refresh, and when a token names an unknown key id.
+    #[arg(long, env = "PRESENCE_JWKS_URL", help_heading = "Authentication")]
+    pub jwks_url: Option<String>,
+
+    /// How often the JWKS URL is fetched again.
+    #[arg(long, env = "PRESENCE_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration, help_heading = "Authentication")]
+    pub jwks_refresh: Duration,
+
+    /// Required `iss` of end-user JWTs.
+    #[arg(
+        long,
+        env = "PRESENCE_JWT_ISSUER",
+        default_value = "",
+        help_heading = "Authentication"
+    )]
+    pub jwt_issuer: String,
+
+    /// Required `aud` of end-user JWTs.
+    #[arg(
+        long,
+        env = "PRESENCE_JWT_AUDIENCE",
+        default_value = "",
+        help_heading = "Authentication"
+    )]
+    pub jwt_audience: String,
+
+    /// Clock skew allowed on a JWT's `exp` and `nbf`.
+    #[arg(long, env = "PRESENCE_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Authentication")]
+    pub jwt_leeway: Duration,
+
+    /// The JWT claim holding the user id.
+    #[arg(
+        long,
+        env = "PRESENCE_JWT_USER_CLAIM",
+        default_value = "sub",
+        help_heading = "Authentication"
+    )]
+    pub jwt_user_claim: String,
+
+    /// Service keys as `NAME=SHA256HEX` (the SHA-256 of the secret the service
+    /// sends as `authorization: Bearer <secret>`); comma-separated or repeated.
+    #[arg(
+        long = "service-key",
+        env = "PRESENCE_SERVICE_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        help_heading = "Authentication"
+    )]
+    pub service_keys: Vec<crate::auth::ServiceKey>,
+
+    /// TLS certificate chain (PEM). With --tls-key, the port speaks TLS only;
+    /// both files are reloaded when they change.
+    #[arg(
+        long,
+        env = "PRESENCE_TLS_CERT",
+        requires = "tls_key",
+        help_heading = "TLS"
+    )]
+    pub tls_cert: Option<String>,
+
+    /// TLS private key (PEM).
+    #[arg(
+        long,
+        env = "PRESENCE_TLS_KEY",
+        requires = "tls_cert",
+        help_heading = "TLS"
+    )]
+    pub tls_key: Option<String>,
+
+    /// CA certificates (PEM) that verify client certificates; a client with a
+    /// verified certificate is a service (mTLS).
+    #[arg(
+        long,
+        env = "PRESENCE_TLS_CLIENT_CA",
+        requires = "tls_cert",
+        help_heading = "TLS"
+    )]
+    pub tls_client_ca: Option<String>,
+
+    /// Refuse TLS clients without a verified certificate (with
+    /// --tls-client-ca); otherwise the certificate is optional.
+    #[arg(
+        long,
+        env = "PRESENCE_TLS_CLIENT_AUTH_REQUIRED",
+        requires = "tls_client_ca",
+        help_heading = "TLS"
+    )]
+    pub tls_client_auth_required: bool,
+
+    /// How often the TLS files are checked for changes.
+    #[arg(long, env = "PRESENCE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration, help_heading = "TLS")]
+    pub tls_reload_interval: Duration,
 
     /// Origins allowed to call from a browser (comma-separated), or `*`.
     #[arg(
@@ -76,6 +205,71 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER_ROOM", default_value_t = presence::DEFAULT_MAX_SESSIONS_PER_USER_ROOM)]
     pub max_sessions_per_user_room: usize,
 
+    /// Live sessions of one user across all rooms.
+    #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER", default_value_t = presence::DEFAULT_MAX_SESSIONS_PER_USER, help_heading = "Limits")]
+    pub max_sessions_per_user: usize,
+
+    /// Rooms one user may be listed in.
+    #[arg(long, env = "PRESENCE_MAX_ROOMS_PER_USER", default_value_t = presence::DEFAULT_MAX_ROOMS_PER_USER, help_heading = "Limits")]
+    pub max_rooms_per_user: usize,
+
+    /// Live sessions in all.
+    #[arg(long, env = "PRESENCE_MAX_SESSIONS", default_value_t = presence::DEFAULT_MAX_SESSIONS, help_heading = "Limits")]
+    pub max_sessions: usize,
+
+    /// Rooms in all (with users or watchers), so made-up room ids cannot
+    /// exhaust memory.
+    #[arg(long, env = "PRESENCE_MAX_ROOMS", default_value_t = presence::DEFAULT_MAX_ROOMS, help_heading = "Limits")]
+    pub max_rooms: usize,
+
+    /// Open watch streams per connection (0 = no limit).
+    #[arg(
+        long,
+        env = "PRESENCE_MAX_WATCHES_PER_CONNECTION",
+        default_value_t = 1000,
+        help_heading = "Limits"
+    )]
+    pub max_watches_per_connection: usize,
+
+    /// Open watch streams per principal, or per peer IP for callers without
+    /// credentials (0 = no limit).
+    #[arg(
+        long,
+        env = "PRESENCE_MAX_WATCHES_PER_PRINCIPAL",
+        default_value_t = 0,
+        help_heading = "Limits"
+    )]
+    pub max_watches_per_principal: usize,
+
+    /// Requests per second per authenticated user, burst twice that (0 = no
+    /// limit).
+    #[arg(
+        long,
+        env = "PRESENCE_RATE_PER_USER",
+        default_value_t = 50,
+        help_heading = "Limits"
+    )]
+    pub rate_per_user: u32,
+
+    /// Requests per second per service, burst twice that (0 = no limit).
+    #[arg(
+        long,
+        env = "PRESENCE_RATE_PER_SERVICE",
+        default_value_t = 0,
+        help_heading = "Limits"
+    )]
+    pub rate_per_service: u32,
+
+    /// Requests per second per peer IP address, burst twice that (0 = no
+    /// limit; many users can share one address behind a NAT or proxy).
+    #[arg(
+        long,
+        env = "PRESENCE_RATE_PER_PEER",
+        default_value_t = 0,
+        help_heading = "Limits"
+    )]
+    pub rate_per_peer: u32,
+
     /// Concurrent HTTP/2 streams (calls, watches) per connection.
     #[arg(
         long,
@@ -121,6 +315,41 @@ impl Config {
             retention: self.retention,
             snapshot_interval: self.snapshot_interval,
             max_sessions_per_user_room: self.max_sessions_per_user_room,
+            max_sessions_per_user: self.max_sessions_per_user,
+            max_rooms_per_user: self.max_rooms_per_user,
+            max_sessions: self.max_sessions,
+            max_rooms: self.max_rooms,
+        }
+    }
+
+    /// Where end-user JWT keys come from and what JWTs must say.
+    pub fn jwt_config(&self) -> crate::auth::jwt::JwtConfig {
+        crate::auth::jwt::JwtConfig {
+            hs256_secret_file: self.jwt_hs256_secret_file.clone(),
+            public_key_files: self.jwt_public_key_file.clone(),
+            jwks_file: self.jwks_file.clone(),
+            jwks_url: self.jwks_url.clone(),
+            jwks_refresh: self.jwks_refresh,
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway: self.jwt_leeway,
+            user_claim: self.jwt_user_claim.clone(),
+        }
+    }
+
+    /// True when callers must authenticate.
+    pub fn auth_enabled(&self) -> bool {
+        self.jwt_config().enabled() || !self.service_keys.is_empty() || self.tls_client_ca.is_some()
+    }
+
+    /// The per-caller abuse limits.
+    pub fn caller_limits(&self) -> crate::auth::limits::Config {
+        crate::auth::limits::Config {
+            rate_per_user: self.rate_per_user,
+            rate_per_service: self.rate_per_service,
+            rate_per_peer: self.rate_per_peer,
+            watches_per_connection: self.max_watches_per_connection,
+            watches_per_principal: self.max_watches_per_principal,
         }
     }
 
@@ -145,14 +374,22 @@ impl Config {
                 self.max_id_bytes
             ));
         }
-        if let Some(key) = &self.token_key {
+        for (i, key) in self.token_keys.iter().enumerate() {
             if key.len() < crate::token::MIN_KEY_BYTES {
                 return Err(format!(
-                    "--token-key is {} bytes, it must be at least {}",
+                    "--token-key #{} is {} bytes, it must be at least {}",
+                    i + 1,
                     key.len(),
                     crate::token::MIN_KEY_BYTES
                 ));
             }
+        }
+        if self.jwt_config().enabled()
+            && (self.jwt_issuer.is_empty() || self.jwt_audience.is_empty())
+        {
+            return Err(
+                "JWT keys are configured: --jwt-issuer and --jwt-audience are required".into(),
+            );
         }
         if self.cors_allowed_origins.is_empty() {
             return Err("--cors-allowed-origins must list at least one origin, or *".into());

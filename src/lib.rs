@@ -10,10 +10,12 @@
 //!   entry point for `main` and the tests.
 //! - [`config`]: flags and environment.
 
+pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod presence;
 pub mod server;
+pub mod tls;
 pub mod token;
 
 pub use config::Config;

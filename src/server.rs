@@ -3,12 +3,15 @@
 //! route, all on one listener; and shuts it down in order.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -19,10 +22,13 @@ use tonic_web::GrpcWebLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::{info, warn};
 
+use crate::auth::limits::Limiter;
+use crate::auth::{jwt, Authenticator};
 use crate::config::Config;
 use crate::grpc::pb::presence_service_server::PresenceServiceServer;
 use crate::grpc::{pb, PresenceApi};
 use crate::presence::{Memory, SystemClock};
+use crate::tls;
 use crate::token;
 
 /// Largest accepted beacon body (a session token), in bytes.
@@ -76,31 +82,65 @@ impl App {
     ) -> Result<(), Error> {
         let App { config, store } = self;
         let addr = listener.local_addr()?;
-        if !addr.ip().is_loopback() {
+        let auth_enabled = config.auth_enabled();
+        if auth_enabled {
+            info!(%addr, jwt = config.jwt_config().enabled(), service_keys = config.service_keys.len(), mtls = config.tls_client_ca.is_some(), "authentication is on");
+        } else if !addr.ip().is_loopback() {
             if !config.allow_unauthenticated_public {
                 return Err(Error::Config(format!(
                     "refusing to listen on non-loopback address {addr} without authentication; \
-                     pass --allow-unauthenticated-public if anyone who can reach it may act as any user"
+                     configure JWT keys, service keys or mTLS, or pass --allow-unauthenticated-public \
+                     if anyone who can reach it may act as any user"
                 )));
             }
             warn!(%addr, "authentication is off on a non-loopback address: anyone who can reach it may act as any user");
         } else {
             warn!(%addr, "authentication is off (loopback only)");
         }
-        let tokens = match &config.token_key {
-            Some(key) => token::Codec::new(key.as_bytes()),
-            None => {
-                info!(
-                    "no --token-key: tokens are signed with a random key and end with this process"
-                );
-                token::Codec::random()
-            }
+        let room_ttl = (!config.room_token_ttl.is_zero()).then_some(config.room_token_ttl);
+        let tokens = if config.token_keys.is_empty() {
+            info!("no --token-key: tokens are signed with a random key and end with this process");
+            token::Codec::random(room_ttl)
+        } else {
+            token::Codec::new(&config.token_keys, room_ttl)
+        };
+        let jwt = if config.jwt_config().enabled() {
+            Some(
+                jwt::Verifier::new(config.jwt_config())
+                    .await
+                    .map_err(Error::Config)?,
+            )
+        } else {
+            None
+        };
+        let auth = Arc::new(Authenticator::new(
+            jwt.clone(),
+            config.service_keys.clone(),
+            config.tls_client_ca.is_some(),
+        ));
+        let limiter = Arc::new(Limiter::new(config.caller_limits()));
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(
+                tls::Acceptor::new(&tls::Config {
+                    cert: cert.into(),
+                    key: key.into(),
+                    client_ca: config.tls_client_ca.as_ref().map(Into::into),
+                    client_auth_required: config.tls_client_auth_required,
+                    reload_interval: config.tls_reload_interval,
+                })
+                .map_err(Error::Config)?,
+            ),
+            _ => None,
         };
 
         let streams_end = CancellationToken::new();
         let stop_accepting = CancellationToken::new();
         let sweeper = tokio::spawn(store.clone().run_sweeper(streams_end.clone()));
-        let api = PresenceApi::new(store, tokens, streams_end.clone());
+        if let Some(jwt) = &jwt {
+            jwt.spawn_refresh(streams_end.clone());
+        }
+        tokio::spawn(housekeeping(limiter.clone(), streams_end.clone()));
+        let api = PresenceApi::new(store, tokens, auth, limiter, streams_end.clone());
 
         let (health, health_service) = tonic_health::server::health_reporter();
         health
@@ -115,6 +155,7 @@ impl App {
         let beacon = axum::Router::new()
             .route("/v1/disconnect", axum::routing::post(beacon))
             .layer(DefaultBodyLimit::max(MAX_BEACON_BYTES))
+            .layer(axum::middleware::map_request(peer_info))
             .with_state(api);
         // grpc-web wraps the gRPC services only: tonic-web answers 400 to
         // any other HTTP/1.1 request, which would shadow the beacon route.
@@ -138,13 +179,21 @@ impl App {
             .http2_max_local_error_reset_streams(Some(1024))
             .http2_max_header_list_size(16 * 1024)
             .layer(cors(&config.cors_allowed_origins)?)
-            .add_routes(Routes::from(routes))
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
-                stop_accepting.clone().cancelled_owned(),
-            );
-        tokio::pin!(server);
-        info!(%addr, "presenced listening (gRPC, grpc-web, health, reflection, POST /v1/disconnect)");
+            .add_routes(Routes::from(routes));
+        let stop = stop_accepting.clone().cancelled_owned();
+        let tls_enabled = tls.is_some();
+        let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+            match tls {
+                Some(acceptor) => Box::pin(server.serve_with_incoming_shutdown(
+                    acceptor.incoming(listener, stop_accepting.clone()),
+                    stop,
+                )),
+                None => Box::pin(
+                    server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
+                ),
+            };
+        let mut server = server;
+        info!(%addr, tls = tls_enabled, "presenced listening (gRPC, grpc-web, health, reflection, POST /v1/disconnect)");
 
         tokio::select! {
             result = &mut server => {
@@ -184,6 +233,36 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     App::new(config)?.serve(listener, shutdown).await
+}
+
+/// The remote address of a beacon request, whatever the transport.
+#[derive(Clone, Copy)]
+struct PeerInfo(Option<SocketAddr>);
+
+/// Copies tonic's connection info into a type the beacon handler can
+/// extract, for plain TCP and for TLS.
+async fn peer_info(mut req: axum::extract::Request) -> axum::extract::Request {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let ext = req.extensions();
+    let peer = ext
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        });
+    req.extensions_mut().insert(PeerInfo(peer));
+    req
+}
+
+/// Periodic clean-up of per-caller state.
+async fn housekeeping(limiter: Arc<Limiter>, cancel: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => limiter.housekeeping(),
+            () = cancel.cancelled() => return,
+        }
+    }
 }
 
 /// Reflection over every service on the port, with doc comments: presence,
@@ -239,13 +318,22 @@ fn cors(origins: &[String]) -> Result<CorsLayer, Error> {
 /// `navigator.sendBeacon(url, token)` sends). 204 when the session is ended
 /// or was already gone; 400 for a token this server did not issue; 413 for a
 /// body over 4 KiB.
-async fn beacon(State(api): State<PresenceApi<Memory>>, body: String) -> Response {
-    match api.disconnect_token(body.trim()).await {
+async fn beacon(
+    State(api): State<PresenceApi<Memory>>,
+    Extension(connect): Extension<PeerInfo>,
+    body: String,
+) -> Response {
+    let result = match api.check_peer_rate(connect.0) {
+        Ok(()) => api.disconnect_token(body.trim()).await,
+        Err(status) => Err(status),
+    };
+    match result {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
         Err(status) => {
             let code = match status.code() {
                 tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+                tonic::Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
                 _ => StatusCode::BAD_REQUEST,
             };
             (code, status.message().to_owned()).into_response()

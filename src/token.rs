@@ -2,23 +2,32 @@
 //! token lets its holder end one session.
 //!
 //! A token is `base64url(payload || HMAC-SHA256(key, payload))` where the
-//! payload is `[format version][kind][key id][expiry: u64 BE][fields]`, each
-//! field a u16 BE length and its bytes. The kind is inside the MAC, so a room
-//! token can never pass as a session token or the reverse; the key id lets
-//! several keys verify while one signs (rotation). Verification is constant
-//! time (`Mac::verify_slice`). Tokens are not encrypted: they reveal the ids
-//! they name, which their holder knows anyway.
+//! payload is `[format version][kind][key id: u32 BE][expiry: u64 BE, unix
+//! seconds, 0 = never][fields]`, each field a u16 BE length and its bytes.
+//! The kind is inside the MAC, so a room token can never pass as a session
+//! token or the reverse. The key id lets several keys verify while the first
+//! signs, so a key can be rotated without logging anyone out. Verification is
+//! constant time (`Mac::verify_slice`). Tokens are not encrypted: they reveal
+//! the ids they name, which their holder knows anyway.
+//!
+//! Room tokens expire (`--room-token-ttl`). Their expiry is rounded up to a
+//! half-TTL boundary so that every heartbeat within the same half window gets
+//! the *same* token: watchers that re-subscribe when the token changes do so
+//! once per half TTL, not on every heartbeat. Session tokens do not expire:
+//! they die with their session.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
 const FORMAT_VERSION: u8 = 1;
 const MAC_LEN: usize = 32;
-const HEADER_LEN: usize = 1 + 1 + 1 + 8;
+const HEADER_LEN: usize = 1 + 1 + 4 + 8;
 /// Longest token accepted for decoding, in characters; longer input is
 /// refused before any work is done on it.
 pub const MAX_TOKEN_CHARS: usize = 4096;
@@ -82,44 +91,63 @@ pub enum Error {
 /// Signs and verifies tokens. Cheap to clone.
 #[derive(Clone)]
 pub struct Codec {
-    /// The signing key's id and keyed MAC; verification uses the same one
-    /// (several verify-only keys arrive with key rotation).
-    key_id: u8,
-    mac: HmacSha256,
+    /// Key ids and keyed MACs; the first signs, all verify.
+    keys: Vec<(u32, HmacSha256)>,
+    /// Lifetime of room tokens; `None` = they never expire.
+    room_ttl: Option<Duration>,
 }
 
 impl std::fmt::Debug for Codec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<String> = self
+            .keys
+            .iter()
+            .map(|(id, _)| format!("{id:08x}"))
+            .collect();
         f.debug_struct("Codec")
-            .field("key_id", &self.key_id)
-            .finish_non_exhaustive()
+            .field("key_ids", &ids)
+            .field("room_ttl", &self.room_ttl)
+            .finish()
     }
 }
 
 impl Codec {
-    /// A codec signing with `key` (any length; at least 32 random bytes).
-    pub fn new(key: &[u8]) -> Self {
-        Self {
-            key_id: 0,
-            mac: HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length"),
-        }
+    /// A codec signing with the first of `keys` and verifying with all of
+    /// them (each any length; use at least 32 random bytes).
+    pub fn new<K: AsRef<[u8]>>(keys: &[K], room_ttl: Option<Duration>) -> Self {
+        assert!(!keys.is_empty(), "at least one token key");
+        let keys = keys
+            .iter()
+            .map(|key| {
+                let key = key.as_ref();
+                (
+                    key_id(key),
+                    HmacSha256::new_from_slice(key).expect("HMAC accepts keys of any length"),
+                )
+            })
+            .collect();
+        Self { keys, room_ttl }
     }
 
     /// A codec with a fresh random key: its tokens die with the process.
-    pub fn random() -> Self {
+    pub fn random(room_ttl: Option<Duration>) -> Self {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).expect("the OS random source is available");
-        Self::new(&key)
+        Self::new(&[key], room_ttl)
     }
 
     /// A token for reading `room_id`.
     pub fn room_token(&self, room_id: &str) -> String {
-        self.sign(Kind::Room, &[room_id])
+        let expiry = self.room_ttl.map_or(0, |ttl| {
+            let half = (ttl.as_secs() / 2).max(1);
+            (now_secs() / half + 2) * half
+        });
+        self.sign(Kind::Room, expiry, &[room_id])
     }
 
     /// A token for ending one session.
     pub fn session_token(&self, room_id: &str, user_id: &str, session_id: &str) -> String {
-        self.sign(Kind::Session, &[room_id, user_id, session_id])
+        self.sign(Kind::Session, 0, &[room_id, user_id, session_id])
     }
 
     /// The room a room token grants.
@@ -139,17 +167,19 @@ impl Codec {
         })
     }
 
-    fn sign(&self, kind: Kind, fields: &[&str]) -> String {
+    fn sign(&self, kind: Kind, expiry: u64, fields: &[&str]) -> String {
+        let (key_id, mac) = &self.keys[0];
         let len = HEADER_LEN + fields.iter().map(|f| 2 + f.len()).sum::<usize>();
         let mut buf = Vec::with_capacity(len + MAC_LEN);
-        buf.extend_from_slice(&[FORMAT_VERSION, kind as u8, self.key_id]);
-        buf.extend_from_slice(&0u64.to_be_bytes()); // no expiry
+        buf.extend_from_slice(&[FORMAT_VERSION, kind as u8]);
+        buf.extend_from_slice(&key_id.to_be_bytes());
+        buf.extend_from_slice(&expiry.to_be_bytes());
         for field in fields {
             let n = u16::try_from(field.len()).expect("ids are bounded far below 64 KiB");
             buf.extend_from_slice(&n.to_be_bytes());
             buf.extend_from_slice(field.as_bytes());
         }
-        let mut mac = self.mac.clone();
+        let mut mac = mac.clone();
         mac.update(&buf);
         buf.extend_from_slice(&mac.finalize().into_bytes());
         URL_SAFE_NO_PAD.encode(buf)
@@ -170,10 +200,11 @@ impl Codec {
             return Err(Error::Malformed(name));
         }
         let (payload, tag) = bytes.split_at(bytes.len() - MAC_LEN);
-        if payload[2] != self.key_id {
+        let key_id = u32::from_be_bytes(payload[2..6].try_into().expect("4 bytes"));
+        let Some((_, mac)) = self.keys.iter().find(|(id, _)| *id == key_id) else {
             return Err(Error::UnknownKey(name));
-        }
-        let mut mac = self.mac.clone();
+        };
+        let mut mac = mac.clone();
         mac.update(payload);
         mac.verify_slice(tag)
             .map_err(|_| Error::BadSignature(name))?;
@@ -189,8 +220,8 @@ impl Codec {
                 got: got.name(),
             });
         }
-        let expiry = u64::from_be_bytes(payload[3..HEADER_LEN].try_into().expect("8 bytes"));
-        if expiry != 0 {
+        let expiry = u64::from_be_bytes(payload[6..HEADER_LEN].try_into().expect("8 bytes"));
+        if expiry != 0 && expiry <= now_secs() {
             return Err(Error::Expired(name));
         }
         let mut rest = &payload[HEADER_LEN..];
@@ -211,6 +242,22 @@ impl Codec {
     }
 }
 
+/// A key's id: the first four bytes of its SHA-256, so every instance given
+/// the same key derives the same id.
+fn key_id(key: &[u8]) -> u32 {
+    let digest = Sha256::new()
+        .chain_update(b"presenced token key id\0")
+        .chain_update(key)
+        .finalize();
+    u32::from_be_bytes(digest[..4].try_into().expect("4 bytes"))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,7 +265,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let codec = Codec::random();
+        let codec = Codec::random(None);
         let room = codec.room_token("chat:42");
         assert_eq!(codec.verify_room(&room).unwrap(), "chat:42");
         let session = codec.session_token("chat:42", "alice", "s1");
@@ -230,7 +277,7 @@ mod tests {
 
     #[test]
     fn kinds_never_cross() {
-        let codec = Codec::random();
+        let codec = Codec::random(None);
         let room = codec.room_token("r");
         let session = codec.session_token("r", "u", "s");
         assert!(matches!(
@@ -245,20 +292,57 @@ mod tests {
 
     #[test]
     fn another_key_is_refused() {
-        let a = Codec::new(b"a key that is long enough to be a real key....");
-        let b = Codec::new(b"another key, just as long as the first one.....");
+        let a = Codec::new(&[b"a key that is long enough to be a real key...."], None);
+        let b = Codec::new(&[b"another key, just as long as the first one....."], None);
         assert_eq!(
             b.verify_room(&a.room_token("r")),
-            Err(Error::BadSignature("room token"))
+            Err(Error::UnknownKey("room token"))
         );
         // The same key on another instance verifies.
-        let a2 = Codec::new(b"a key that is long enough to be a real key....");
+        let a2 = Codec::new(&[b"a key that is long enough to be a real key...."], None);
         assert_eq!(a2.verify_room(&a.room_token("r")).unwrap(), "r");
     }
 
     #[test]
+    fn rotation_keeps_old_tokens_valid_until_the_old_key_is_removed() {
+        let old: &[u8] = b"the old key, thirty-two bytes or more.....";
+        let new: &[u8] = b"the new key, thirty-two bytes or more.....";
+        let before = Codec::new(&[old], None);
+        let rotating = Codec::new(&[new, old], None);
+        let after = Codec::new(&[new], None);
+        let old_token = before.room_token("r");
+        let new_token = rotating.room_token("r");
+        assert_eq!(rotating.verify_room(&old_token).unwrap(), "r");
+        assert_eq!(after.verify_room(&new_token).unwrap(), "r");
+        assert_eq!(
+            after.verify_room(&old_token),
+            Err(Error::UnknownKey("room token"))
+        );
+    }
+
+    #[test]
+    fn room_tokens_expire_and_are_stable_within_half_their_ttl() {
+        let codec = Codec::random(Some(Duration::from_secs(3600)));
+        let a = codec.room_token("r");
+        let b = codec.room_token("r");
+        assert_eq!(a, b, "same token within the window");
+        assert_eq!(codec.verify_room(&a).unwrap(), "r");
+        // Forge nothing: sign an already-expired token with the real key.
+        let expired = codec.sign(Kind::Room, now_secs() - 1, &["r"]);
+        assert_eq!(
+            codec.verify_room(&expired),
+            Err(Error::Expired("room token"))
+        );
+        let session = codec.session_token("r", "u", "s");
+        assert!(
+            codec.verify_session(&session).is_ok(),
+            "session tokens never expire"
+        );
+    }
+
+    #[test]
     fn garbage_and_truncation_are_malformed_or_bad() {
-        let codec = Codec::random();
+        let codec = Codec::random(None);
         let token = codec.room_token("room");
         for bad in ["", "!!!", "a", &token[..token.len() - 1], &token[..10]] {
             assert!(codec.verify_room(bad).is_err(), "{bad:?} accepted");
@@ -269,7 +353,7 @@ mod tests {
     proptest! {
         #[test]
         fn every_issued_token_verifies(room in ".{1,64}", user in ".{1,64}", session in ".{1,64}") {
-            let codec = Codec::random();
+            let codec = Codec::random(None);
             prop_assert_eq!(codec.verify_room(&codec.room_token(&room)).unwrap(), room.clone());
             let claims = codec.verify_session(&codec.session_token(&room, &user, &session)).unwrap();
             prop_assert_eq!((claims.room_id, claims.user_id, claims.session_id), (room, user, session));
@@ -277,7 +361,7 @@ mod tests {
 
         #[test]
         fn every_byte_flip_is_refused(room in "[a-z]{1,32}", pos in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let codec = Codec::random();
+            let codec = Codec::random(None);
             let token = codec.room_token(&room);
             let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
             let i = pos.index(bytes.len());

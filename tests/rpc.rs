@@ -301,12 +301,12 @@ async fn tokens_are_refused_when_forged_truncated_or_of_the_wrong_kind() {
 #[tokio::test]
 async fn a_shared_token_key_makes_tokens_valid_everywhere_and_after_restart() {
     const KEY: &str = "an example key of at least thirty-two bytes";
-    let a = TestServer::with(|c| c.token_key = Some(KEY.into())).await;
+    let a = TestServer::with(|c| c.token_keys = vec![KEY.into()]).await;
     let mut client_a = a.client().await;
     let tokens = join(&mut client_a, "room", "u", "s").await;
     a.stop().await.unwrap();
 
-    let b = TestServer::with(|c| c.token_key = Some(KEY.into())).await;
+    let b = TestServer::with(|c| c.token_keys = vec![KEY.into()]).await;
     let mut client_b = b.client().await;
     let snap = client_b
         .list(pb::ListRequest {

@@ -289,7 +289,7 @@ async fn a_burst_of_joins_is_coalesced() {
 #[tokio::test]
 async fn versions_grow_across_a_restart() {
     const KEY: &str = "an example key of at least thirty-two bytes";
-    let a = TestServer::with(|c| c.token_key = Some(KEY.into())).await;
+    let a = TestServer::with(|c| c.token_keys = vec![KEY.into()]).await;
     let mut client = a.client().await;
     let tokens = join(&mut client, "r", "u", "s").await;
     for i in 0..20 {
@@ -300,7 +300,7 @@ async fn versions_grow_across_a_restart() {
     drop(stream);
     a.stop().await.unwrap();
 
-    let b = TestServer::with(|c| c.token_key = Some(KEY.into())).await;
+    let b = TestServer::with(|c| c.token_keys = vec![KEY.into()]).await;
     let mut client = b.client().await;
     let mut stream = watch(&mut client, &tokens.room_token, 0).await;
     let after = next(&mut stream, SOON).await.version;

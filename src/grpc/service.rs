@@ -14,31 +14,65 @@ use super::convert;
 use super::pb;
 use super::pb::presence_service_server::PresenceService;
 use super::status::token_status;
+use crate::auth::limits::{Limiter, WatchPermit};
+use crate::auth::{Authenticator, Principal};
 use crate::presence::{Snapshot, Store};
 use crate::token;
 
-/// The gRPC service. Cheap to clone (the store and codec are handles).
+/// The gRPC service. Cheap to clone (every field is a handle).
 #[derive(Clone)]
 pub struct PresenceApi<S> {
     store: S,
     tokens: token::Codec,
+    auth: Arc<Authenticator>,
+    limits: Arc<Limiter>,
     /// Cancelled at shutdown: open watch streams end with UNAVAILABLE.
     shutdown: CancellationToken,
 }
 
 impl<S: Store> PresenceApi<S> {
-    /// A service over `store`, signing tokens with `tokens`, whose streams end
-    /// when `shutdown` is cancelled.
-    pub fn new(store: S, tokens: token::Codec, shutdown: CancellationToken) -> Self {
+    /// A service over `store`, signing tokens with `tokens`, admitting
+    /// callers through `auth` and `limits`, whose streams end when `shutdown`
+    /// is cancelled.
+    pub fn new(
+        store: S,
+        tokens: token::Codec,
+        auth: Arc<Authenticator>,
+        limits: Arc<Limiter>,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
             store,
             tokens,
+            auth,
+            limits,
             shutdown,
         }
     }
 
+    /// The caller of `request`, counted against the rate limits.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Principal, Status> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let certs = request.peer_certs();
+        let cert = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        let principal = self.auth.authenticate(authorization, cert).await?;
+        self.limits
+            .check_rate(Some(&principal), request.remote_addr())?;
+        Ok(principal)
+    }
+
+    /// Admits a call authorized by a capability token alone (per-peer rate).
+    fn capability_call<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        self.limits.check_rate(None, request.remote_addr())?;
+        Ok(())
+    }
+
     /// Ends the session a session token names. Shared by the Disconnect RPC
-    /// and the `POST /v1/disconnect` beacon route.
+    /// and the `POST /v1/disconnect` beacon route (which checks the per-peer
+    /// rate itself).
     pub async fn disconnect_token(&self, session_token: &str) -> Result<(), Status> {
         let claims = self
             .tokens
@@ -47,6 +81,12 @@ impl<S: Store> PresenceApi<S> {
         self.store
             .disconnect(&claims.room_id, &claims.user_id, &claims.session_id)
             .await?;
+        Ok(())
+    }
+
+    /// Counts a beacon from `peer` against the per-peer rate.
+    pub fn check_peer_rate(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Status> {
+        self.limits.check_rate(None, peer)?;
         Ok(())
     }
 
@@ -64,7 +104,9 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let principal = self.caller(&request).await?;
         let req = request.into_inner();
+        principal.act_as(&req.user_id)?;
         let interval = convert::interval(req.interval)?;
         self.store
             .heartbeat(&req.room_id, &req.user_id, &req.session_id, interval)
@@ -82,6 +124,7 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::DisconnectRequest>,
     ) -> Result<Response<pb::DisconnectResponse>, Status> {
+        self.capability_call(&request)?;
         self.disconnect_token(&request.get_ref().session_token)
             .await?;
         Ok(Response::new(pb::DisconnectResponse {}))
@@ -92,6 +135,7 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
+        self.capability_call(&request)?;
         let req = request.into_inner();
         let room_id = self.room_of(&req.room_token)?;
         let limit = self.store.limits().list_limit(req.limit);
@@ -108,8 +152,13 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::WatchRoomRequest>,
     ) -> Result<Response<Self::WatchRoomStream>, Status> {
+        self.capability_call(&request)?;
+        let peer = request.remote_addr();
         let req = request.into_inner();
         let room_id = self.room_of(&req.room_token)?;
+        // A room-token holder has no identity: its peer address stands in.
+        let owner = peer.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{}", p.ip()));
+        let permit = self.limits.open_watch(peer, owner)?;
         let limit = self.store.limits().list_limit(req.limit);
         if self.shutdown.is_cancelled() {
             return Err(crate::presence::Error::ShuttingDown.into());
@@ -117,6 +166,7 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         let subscription = self.store.watch(&room_id).await?;
         Ok(Response::new(WatchRoomStream {
             subscription,
+            _permit: permit,
             limit,
             last: None,
             shutdown: Box::pin(self.shutdown.clone().cancelled_owned()),
@@ -129,7 +179,9 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::ListUserRequest>,
     ) -> Result<Response<pb::ListUserResponse>, Status> {
+        let principal = self.caller(&request).await?;
         let req = request.into_inner();
+        principal.act_as(&req.user_id)?;
         let rooms = self
             .store
             .list_user(&req.user_id, req.online_only, req.limit)
@@ -144,7 +196,9 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::UpdateRoomUserRequest>,
     ) -> Result<Response<pb::UpdateRoomUserResponse>, Status> {
+        let principal = self.caller(&request).await?;
         let req = request.into_inner();
+        principal.act_as(&req.user_id)?;
         let data = convert::data(req.data)?;
         self.store
             .update_room_user(&req.room_id, &req.user_id, data)
@@ -157,6 +211,7 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::ListRoomRequest>,
     ) -> Result<Response<pb::ListRoomResponse>, Status> {
+        self.caller(&request).await?.trusted("ListRoom")?;
         let req = request.into_inner();
         let limit = self.store.limits().list_limit(req.limit);
         let snapshot = self
@@ -173,6 +228,7 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::RemoveRoomUserRequest>,
     ) -> Result<Response<pb::RemoveRoomUserResponse>, Status> {
+        self.caller(&request).await?.trusted("RemoveRoomUser")?;
         let req = request.into_inner();
         self.store
             .remove_room_user(&req.room_id, &req.user_id)
@@ -185,6 +241,7 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         &self,
         request: Request<pb::RemoveRoomRequest>,
     ) -> Result<Response<pb::RemoveRoomResponse>, Status> {
+        self.caller(&request).await?.trusted("RemoveRoom")?;
         self.store.remove_room(&request.get_ref().room_id).await?;
         Ok(Response::new(pb::RemoveRoomResponse {}))
     }
@@ -196,6 +253,8 @@ impl<S: Store> PresenceService for PresenceApi<S> {
 /// (the client went away) drops the subscription, which unregisters it.
 pub struct WatchRoomStream<Sub> {
     subscription: Sub,
+    /// Holds this stream's place in the per-connection/per-caller counts.
+    _permit: WatchPermit,
     limit: usize,
     last: Option<Arc<Snapshot>>,
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,

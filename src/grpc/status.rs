@@ -3,6 +3,7 @@
 
 use tonic::{Code, Status};
 
+use crate::auth;
 use crate::presence;
 use crate::token;
 
@@ -16,6 +17,22 @@ impl From<presence::Error> for Status {
             presence::Error::ShuttingDown => Code::Unavailable,
         };
         Status::new(code, err.to_string())
+    }
+}
+
+impl From<auth::Error> for Status {
+    fn from(err: auth::Error) -> Self {
+        let code = match &err {
+            auth::Error::Missing | auth::Error::InvalidCredential(_) => Code::Unauthenticated,
+            auth::Error::PermissionDenied(_) => Code::PermissionDenied,
+        };
+        Status::new(code, err.to_string())
+    }
+}
+
+impl From<auth::limits::Exceeded> for Status {
+    fn from(err: auth::limits::Exceeded) -> Self {
+        Status::resource_exhausted(err.to_string())
     }
 }
 
@@ -70,6 +87,28 @@ mod tests {
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), message);
         }
+    }
+
+    #[test]
+    fn auth_errors_map_to_precise_codes() {
+        assert_eq!(
+            Status::from(auth::Error::Missing).code(),
+            Code::Unauthenticated
+        );
+        let invalid = auth::Error::InvalidCredential("JWT refused: ExpiredSignature".into());
+        assert_eq!(Status::from(invalid).code(), Code::Unauthenticated);
+        let denied = auth::Error::PermissionDenied("not you".into());
+        assert_eq!(Status::from(denied).code(), Code::PermissionDenied);
+        let exceeded = auth::limits::Exceeded {
+            what: "requests per second per user",
+            limit: 5,
+        };
+        let status = Status::from(exceeded);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "requests per second per user limit reached: at most 5"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@
 //! costs at most one snapshot build per window.
 
 use std::cmp::Reverse;
-use std::collections::hash_map::{Entry, RandomState};
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::pin::Pin;
@@ -69,12 +69,23 @@ struct Shared {
     next_wake: AtomicU64,
     /// Open watch subscriptions, for tests and metrics.
     live_watchers: AtomicUsize,
-    /// Live sessions, for tests and metrics.
+    /// Live sessions, for limits, tests and metrics.
     live_sessions: AtomicUsize,
+    /// Rooms held (with users or watchers), for limits, tests and metrics.
+    live_rooms: AtomicUsize,
 }
 
 type SessionIndex = HashMap<Arc<str>, Arc<str>>;
-type UserIndex = HashMap<Arc<str>, HashSet<Arc<str>>>;
+type UserIndex = HashMap<Arc<str>, UserRooms>;
+
+/// One user's entry in the user index.
+#[derive(Default)]
+struct UserRooms {
+    /// Rooms where the user is listed.
+    rooms: HashSet<Arc<str>>,
+    /// The user's live sessions across those rooms.
+    sessions: usize,
+}
 
 #[derive(Default)]
 struct Shard {
@@ -176,6 +187,7 @@ impl Memory {
                 next_wake: AtomicU64::new(0),
                 live_watchers: AtomicUsize::new(0),
                 live_sessions: AtomicUsize::new(0),
+                live_rooms: AtomicUsize::new(0),
             }),
         }
     }
@@ -247,34 +259,56 @@ impl Memory {
                 other: "room",
             });
         }
-        let room = shard
+        // Every bound is checked before anything changes.
+        if self.shared.live_sessions.load(Ordering::Relaxed) >= limits.max_sessions {
+            return Err(Error::LimitReached {
+                what: "sessions",
+                limit: limits.max_sessions,
+            });
+        }
+        let existing_user = shard
             .rooms
-            .entry(Arc::from(room_id))
-            .or_insert_with_key(|id| Room::new(id.clone(), now));
-        if let Some(user) = room.users.get(user_id) {
-            if user.sessions as usize >= limits.max_sessions_per_user_room {
+            .get(room_id)
+            .and_then(|room| room.users.get(user_id));
+        if existing_user
+            .is_some_and(|user| user.sessions as usize >= limits.max_sessions_per_user_room)
+        {
+            return Err(Error::LimitReached {
+                what: "sessions per user in a room",
+                limit: limits.max_sessions_per_user_room,
+            });
+        }
+        let new_in_room = existing_user.is_none();
+        let mut users = self.shared.user_index(user_id);
+        if let Some(entry) = users.get(user_id) {
+            if entry.sessions >= limits.max_sessions_per_user {
                 return Err(Error::LimitReached {
-                    what: "sessions per user in a room",
-                    limit: limits.max_sessions_per_user_room,
+                    what: "sessions per user",
+                    limit: limits.max_sessions_per_user,
+                });
+            }
+            if new_in_room && entry.rooms.len() >= limits.max_rooms_per_user {
+                return Err(Error::LimitReached {
+                    what: "rooms per user",
+                    limit: limits.max_rooms_per_user,
                 });
             }
         }
+        let room = self.room_entry(&mut shard.rooms, room_id, now)?;
         let session_key: Arc<str> = Arc::from(session_id);
         index.insert(session_key.clone(), room.id.clone());
         drop(index);
 
         let user_key = match room.users.get_key_value(user_id) {
             Some((key, _)) => key.clone(),
-            None => {
-                let key: Arc<str> = Arc::from(user_id);
-                self.shared
-                    .user_index(user_id)
-                    .entry(key.clone())
-                    .or_default()
-                    .insert(room.id.clone());
-                key
-            }
+            None => Arc::from(user_id),
         };
+        let entry = users.entry(user_key.clone()).or_default();
+        entry.sessions += 1;
+        if new_in_room {
+            entry.rooms.insert(room.id.clone());
+        }
+        drop(users);
         let seq = room.next_seq;
         let user = room.users.entry(user_key.clone()).or_insert_with(|| User {
             rank: Rank::Offline {
@@ -314,6 +348,28 @@ impl Memory {
         Ok(())
     }
 
+    /// The room, created (within the `max_rooms` bound) if absent.
+    fn room_entry<'a>(
+        &self,
+        rooms: &'a mut HashMap<Arc<str>, Room>,
+        room_id: &str,
+        now: Millis,
+    ) -> Result<&'a mut Room, Error> {
+        if !rooms.contains_key(room_id) {
+            let max = self.shared.limits.max_rooms;
+            if self.shared.live_rooms.load(Ordering::Relaxed) >= max {
+                return Err(Error::LimitReached {
+                    what: "rooms",
+                    limit: max,
+                });
+            }
+            self.shared.live_rooms.fetch_add(1, Ordering::Relaxed);
+            let id: Arc<str> = Arc::from(room_id);
+            rooms.insert(id.clone(), Room::new(id, now));
+        }
+        Ok(rooms.get_mut(room_id).expect("present"))
+    }
+
     /// Ends a session at once. Unknown sessions, or a session id now owned
     /// by another user, are left alone: disconnect is idempotent.
     pub fn disconnect(&self, room_id: &str, user_id: &str, session_id: &str) {
@@ -346,6 +402,7 @@ impl Memory {
         };
         self.shared.live_sessions.fetch_sub(1, Ordering::Relaxed);
         self.shared.session_index(&session_key).remove(&session_key);
+        self.shared.unlist_user(&session.user, &room.id, 1, false);
         let Some(user) = room.users.get_mut(&session.user) else {
             return false;
         };
@@ -431,7 +488,8 @@ impl Memory {
                 self.shared.live_sessions.fetch_sub(1, Ordering::Relaxed);
             }
         }
-        self.shared.unlist_user(&user_key, &room.id);
+        self.shared
+            .unlist_user(&user_key, &room.id, user.sessions as usize, true);
         self.changed(room, &mut shard.pending, now);
         self.drop_if_unused(shard, room_id);
         Ok(())
@@ -456,8 +514,9 @@ impl Memory {
         self.shared
             .live_sessions
             .fetch_sub(room.sessions.len(), Ordering::Relaxed);
-        for user in room.users.keys() {
-            self.shared.unlist_user(user, &room.id);
+        for (user_id, user) in &room.users {
+            self.shared
+                .unlist_user(user_id, &room.id, user.sessions as usize, true);
         }
         room.sessions = HashMap::new();
         room.users = HashMap::new();
@@ -503,7 +562,7 @@ impl Memory {
         self.shared.limits.check_id("user_id", user_id)?;
         let limit = self.shared.limits.list_limit(limit);
         let room_ids: Vec<Arc<str>> = match self.shared.user_index(user_id).get(user_id) {
-            Some(rooms) => rooms.iter().cloned().collect(),
+            Some(entry) => entry.rooms.iter().cloned().collect(),
             None => return Ok(Vec::new()),
         };
         let mut rooms: Vec<RoomPresence> = room_ids
@@ -536,10 +595,7 @@ impl Memory {
         let now = self.shared.clock.now();
         let cap = self.shared.limits.max_list_limit as usize;
         let mut guard = self.shared.room_shard(room_id);
-        let room = guard
-            .rooms
-            .entry(Arc::from(room_id))
-            .or_insert_with_key(|id| Room::new(id.clone(), now));
+        let room = self.room_entry(&mut guard.rooms, room_id, now)?;
         if room.publisher.is_none() {
             let first = Arc::new(room.snapshot(cap, false));
             room.publisher = Some(Publisher {
@@ -617,7 +673,7 @@ impl Memory {
                 }
                 let user = room.users.remove(&due.key).expect("checked above");
                 room.order.remove(&user.rank);
-                self.shared.unlist_user(&due.key, &room.id);
+                self.shared.unlist_user(&due.key, &room.id, 0, true);
                 touched.push(due.room);
             }
             touched.dedup();
@@ -678,12 +734,7 @@ impl Memory {
         Stats {
             sessions: self.shared.live_sessions.load(Ordering::Relaxed),
             watchers: self.shared.live_watchers.load(Ordering::Relaxed),
-            rooms: self
-                .shared
-                .rooms
-                .iter()
-                .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).rooms.len())
-                .sum(),
+            rooms: self.shared.live_rooms.load(Ordering::Relaxed),
         }
     }
 
@@ -713,6 +764,7 @@ impl Memory {
         if let Some(room) = shard.rooms.get(room_id) {
             if room.users.is_empty() && room.publisher.is_none() {
                 shard.rooms.remove(room_id);
+                self.shared.live_rooms.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -749,12 +801,17 @@ impl Shared {
         self.user_rooms[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn unlist_user(&self, user_id: &str, room_id: &str) {
+    /// Updates a user's index entry: `sessions` of theirs ended, and when
+    /// `leave_room`, they are no longer listed in `room_id`.
+    fn unlist_user(&self, user_id: &str, room_id: &str, sessions: usize, leave_room: bool) {
         let mut index = self.user_index(user_id);
-        if let Entry::Occupied(mut rooms) = index.entry(Arc::from(user_id)) {
-            rooms.get_mut().remove(room_id);
-            if rooms.get().is_empty() {
-                rooms.remove();
+        if let Some(entry) = index.get_mut(user_id) {
+            entry.sessions = entry.sessions.saturating_sub(sessions);
+            if leave_room {
+                entry.rooms.remove(room_id);
+            }
+            if entry.rooms.is_empty() {
+                index.remove(user_id);
             }
         }
     }
@@ -861,6 +918,7 @@ impl Drop for WatchGuard {
         }
         if room.users.is_empty() && room.publisher.is_none() {
             guard.rooms.remove(&self.room_id);
+            self.shared.live_rooms.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

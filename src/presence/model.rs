@@ -29,6 +29,15 @@ pub const DEFAULT_SNAPSHOT_INTERVAL: Duration = Duration::from_millis(50);
 /// Default bound on live sessions of one user in one room.
 pub const DEFAULT_MAX_SESSIONS_PER_USER_ROOM: usize = 64;
 
+/// Default bound on live sessions of one user across rooms.
+pub const DEFAULT_MAX_SESSIONS_PER_USER: usize = 256;
+/// Default bound on rooms one user is listed in.
+pub const DEFAULT_MAX_ROOMS_PER_USER: usize = 256;
+/// Default bound on live sessions in all.
+pub const DEFAULT_MAX_SESSIONS: usize = 5_000_000;
+/// Default bound on rooms in all.
+pub const DEFAULT_MAX_ROOMS: usize = 1_000_000;
+
 /// A session lives this many intervals after its last heartbeat (× 10).
 const DEADLINE_TENTHS_OF_INTERVAL: u64 = 25;
 
@@ -56,6 +65,14 @@ pub struct Limits {
     pub snapshot_interval: Duration,
     /// Live sessions one user may hold in one room.
     pub max_sessions_per_user_room: usize,
+    /// Live sessions one user may hold across rooms.
+    pub max_sessions_per_user: usize,
+    /// Rooms one user may be listed in.
+    pub max_rooms_per_user: usize,
+    /// Live sessions in all.
+    pub max_sessions: usize,
+    /// Rooms in all (with users or watchers).
+    pub max_rooms: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +87,10 @@ impl Default for Limits {
             retention: DEFAULT_RETENTION,
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
             max_sessions_per_user_room: DEFAULT_MAX_SESSIONS_PER_USER_ROOM,
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
+            max_rooms_per_user: DEFAULT_MAX_ROOMS_PER_USER,
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_rooms: DEFAULT_MAX_ROOMS,
         }
     }
 }

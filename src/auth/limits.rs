@@ -1,0 +1,188 @@
+//! Abuse limits that depend on who calls and from where: request rates per
+//! principal and per peer address, and open watch streams per connection and
+//! per principal. A caller over a limit is refused with RESOURCE_EXHAUSTED;
+//! nobody else is slowed or evicted (the counters are per key).
+//!
+//! Limits on stored state (sessions, rooms) live in the engine.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::Principal;
+
+/// A limit was reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} limit reached: at most {limit}")]
+pub struct Exceeded {
+    /// Which limit.
+    pub what: &'static str,
+    /// Its configured value.
+    pub limit: u64,
+}
+
+/// The configured values; 0 turns a limit off.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Config {
+    /// Requests per second per authenticated user (burst: twice that).
+    pub rate_per_user: u32,
+    /// Requests per second per service (burst: twice that).
+    pub rate_per_service: u32,
+    /// Requests per second per peer IP address (burst: twice that).
+    pub rate_per_peer: u32,
+    /// Open watch streams per connection.
+    pub watches_per_connection: usize,
+    /// Open watch streams per principal (or per peer IP for callers that
+    /// present only a room token).
+    pub watches_per_principal: usize,
+}
+
+/// Tracks the limits of [`Config`].
+pub struct Limiter {
+    config: Config,
+    users: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    services: Option<DefaultKeyedRateLimiter<Arc<str>>>,
+    peers: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    watches: Mutex<WatchCounts>,
+}
+
+#[derive(Default)]
+struct WatchCounts {
+    by_connection: HashMap<SocketAddr, usize>,
+    by_principal: HashMap<String, usize>,
+}
+
+fn keyed<K: std::hash::Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeyedRateLimiter<K>> {
+    let rate = NonZeroU32::new(per_second)?;
+    let burst = NonZeroU32::new(per_second.saturating_mul(2)).expect("non-zero");
+    Some(RateLimiter::keyed(
+        Quota::per_second(rate).allow_burst(burst),
+    ))
+}
+
+impl Limiter {
+    /// A limiter enforcing `config`.
+    pub fn new(config: Config) -> Self {
+        Self {
+            config,
+            users: keyed(config.rate_per_user),
+            services: keyed(config.rate_per_service),
+            peers: keyed(config.rate_per_peer),
+            watches: Mutex::default(),
+        }
+    }
+
+    /// Counts one request of `principal` from `peer` against the rates.
+    pub fn check_rate(
+        &self,
+        principal: Option<&Principal>,
+        peer: Option<SocketAddr>,
+    ) -> Result<(), Exceeded> {
+        if let (Some(limiter), Some(peer)) = (&self.peers, peer) {
+            limiter.check_key(&peer.ip()).map_err(|_| Exceeded {
+                what: "requests per second per peer address",
+                limit: self.config.rate_per_peer.into(),
+            })?;
+        }
+        match principal {
+            Some(Principal::User(user)) => {
+                if let Some(limiter) = &self.users {
+                    limiter.check_key(user).map_err(|_| Exceeded {
+                        what: "requests per second per user",
+                        limit: self.config.rate_per_user.into(),
+                    })?;
+                }
+            }
+            Some(Principal::Service(name)) => {
+                if let Some(limiter) = &self.services {
+                    limiter.check_key(name).map_err(|_| Exceeded {
+                        what: "requests per second per service",
+                        limit: self.config.rate_per_service.into(),
+                    })?;
+                }
+            }
+            Some(Principal::Open) | None => {}
+        }
+        Ok(())
+    }
+
+    /// Registers an open watch stream on connection `conn` for `owner`; the
+    /// permit unregisters it when dropped.
+    pub fn open_watch(
+        self: &Arc<Self>,
+        conn: Option<SocketAddr>,
+        owner: String,
+    ) -> Result<WatchPermit, Exceeded> {
+        let mut counts = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        let per_conn = self.config.watches_per_connection;
+        let per_owner = self.config.watches_per_principal;
+        if let Some(conn) = conn {
+            if per_conn > 0 && counts.by_connection.get(&conn).copied().unwrap_or(0) >= per_conn {
+                return Err(Exceeded {
+                    what: "watch streams per connection",
+                    limit: per_conn as u64,
+                });
+            }
+        }
+        if per_owner > 0 && counts.by_principal.get(&owner).copied().unwrap_or(0) >= per_owner {
+            return Err(Exceeded {
+                what: "watch streams per principal",
+                limit: per_owner as u64,
+            });
+        }
+        if let Some(conn) = conn {
+            *counts.by_connection.entry(conn).or_default() += 1;
+        }
+        *counts.by_principal.entry(owner.clone()).or_default() += 1;
+        Ok(WatchPermit {
+            limiter: self.clone(),
+            conn,
+            owner,
+        })
+    }
+
+    /// Forgets idle rate-limit keys; call now and then.
+    pub fn housekeeping(&self) {
+        if let Some(l) = &self.users {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.services {
+            l.retain_recent();
+        }
+        if let Some(l) = &self.peers {
+            l.retain_recent();
+        }
+    }
+}
+
+/// An open watch stream's place in the counts.
+pub struct WatchPermit {
+    limiter: Arc<Limiter>,
+    conn: Option<SocketAddr>,
+    owner: String,
+}
+
+impl Drop for WatchPermit {
+    fn drop(&mut self) {
+        let mut counts = self
+            .limiter
+            .watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
+            if let Some(n) = map.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(key);
+                }
+            }
+        }
+        if let Some(conn) = self.conn {
+            release(&mut counts.by_connection, &conn);
+        }
+        release(&mut counts.by_principal, &self.owner);
+    }
+}
