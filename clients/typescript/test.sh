@@ -10,6 +10,8 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$HERE/../../scripts/lib.sh"
+# A relative PRESENCED_BIN is relative to where the script was called from.
+case $PRESENCED_BIN in /*) ;; *) PRESENCED_BIN=$PWD/$PRESENCED_BIN ;; esac
 cd "$HERE"
 started=$(date +%s)
 # Plain output in logs (Vitest colours it even when it is not a terminal).
@@ -40,7 +42,11 @@ fi
 
 log "type-check and build"
 node_modules/.bin/tsc -p tsconfig.json --noEmit
-node_modules/.bin/tsc -p tsconfig.build.json
+rm -rf dist && node_modules/.bin/tsc -p tsconfig.build.json
+# The built package imports by its public names, as an app would.
+node --input-type=module -e '
+for (const entry of ["@presenced/client", "@presenced/client/node", "@presenced/client/react", "@presenced/client/gen"]) await import(entry);
+'
 
 failures=0
 run_vitest() { # NAME CONFIG TIMEOUT
@@ -77,6 +83,7 @@ for (const name of ["unit", "e2e"]) {
   if (!fs.existsSync(file)) { failed++; continue; }
   const r = JSON.parse(fs.readFileSync(file, "utf8"));
   passed += r.numPassedTests; failed += r.numFailedTests;
+  if (!r.success && r.numFailedTests === 0) failed++; // a suite failed outside its tests
   skipped += r.numPendingTests + (r.numTodoTests || 0);
   if (r.numTotalTests === 0) failed++;
 }

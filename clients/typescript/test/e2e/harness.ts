@@ -185,10 +185,18 @@ export async function launchChromium(): Promise<Chromium> {
       await session.detach();
     },
     close: async () => {
+      // Ask Chromium to quit (closing a CDP connection only disconnects),
+      // then make sure it did.
+      await cdp.send("Browser.close").catch(() => {});
       await browser.close().catch(() => {});
-      process.off("exit", kill);
+      const exited = child.exitCode !== null || child.signalCode !== null;
+      if (!exited) {
+        await Promise.race([new Promise((r) => child.once("exit", r)), sleep(5_000)]);
+      }
       await stopProcess(child);
-      rmSync(profile, { recursive: true, force: true });
+      process.off("exit", kill);
+      // Chromium's helper processes may still be writing the profile for a moment.
+      rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
     },
   };
 }
