@@ -8,9 +8,9 @@
 //   interval  heartbeat interval in ms (default 5000)
 //   hidden    "stay" keeps the session while the tab is hidden
 //   strict    "0" renders without React StrictMode
-import { StrictMode, useEffect } from "react";
+import { StrictMode, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
-import { FacePile, describeUser, usePresence, type PresenceList } from "../src/react.js";
+import { FacePile, presenceStatus, usePresence, type PresenceList } from "../src/react.js";
 
 const params = new URLSearchParams(location.search);
 const NAMES = ["ada", "grace", "alan", "edsger", "barbara", "donald", "margaret", "ken"];
@@ -67,6 +67,12 @@ function App() {
     },
   });
   useEffect(() => record(users), [users]);
+  // Re-render now and then so "last seen …" stays true.
+  const [, tick] = useState(0);
+  useEffect(() => {
+    const timer = setInterval(() => tick((n) => n + 1), 30_000);
+    return () => clearInterval(timer);
+  }, []);
 
   const other = new URL(location.href);
   other.searchParams.set("user", `${NAMES[(NAMES.indexOf(config.user.split("-")[0]!) + 1) % NAMES.length]}`);
@@ -89,7 +95,7 @@ function App() {
         {users?.map((user) => (
           <li key={user.userId} className={user.online ? "online" : "offline"} data-user-id={user.userId}>
             <span>{user.isSelf ? `${user.userId} (you)` : user.userId}</span>
-            <span className="status">{describeUser(user, user.userId).split(": ")[1]}</span>
+            <span className="status">{presenceStatus(user)}</span>
           </li>
         ))}
       </ul>

@@ -144,17 +144,21 @@ function useNow(periodMs: number, enabled: boolean): Date {
   return now;
 }
 
-/** Tooltip and accessible label of one avatar. */
+/** "online", "last seen 5 minutes ago", or "offline" (left at an unknown time). */
+export function presenceStatus(user: PresenceUser, now: Date = new Date(), locale = "en"): string {
+  if (user.online) return "online";
+  if (!user.lastDisconnected) return "offline";
+  return `last seen ${formatLastSeen(user.lastDisconnected, now, locale)}`;
+}
+
+/** Tooltip and accessible label of one avatar: "ada (you): online". */
 export function describeUser(
   user: PresenceUser,
   name: string,
   now: Date = new Date(),
   locale = "en",
 ): string {
-  const who = user.isSelf ? `${name} (you)` : name;
-  if (user.online) return `${who}: online`;
-  if (!user.lastDisconnected) return `${who}: offline`;
-  return `${who}: last seen ${formatLastSeen(user.lastDisconnected, now, locale)}`;
+  return `${user.isSelf ? `${name} (you)` : name}: ${presenceStatus(user, now, locale)}`;
 }
 
 /**

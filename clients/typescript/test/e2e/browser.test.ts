@@ -192,6 +192,16 @@ describe("presence in Chromium over grpc-web", () => {
     await Promise.all([ada.close(), grace.close()]);
   });
 
+  it("a server error reaches the page with its gRPC code through grpc-web and CORS", async () => {
+    const tooLong = "r".repeat(300); // room ids are capped at 256 bytes
+    const page = await chrome.openWindow(pageUrl(tooLong, "ada"));
+    await expect.poll(() => pageErrors(page), { timeout: 5_000 }).toContainEqual(
+      expect.stringMatching(/^heartbeat: ConnectError: \[invalid_argument\] .*256/),
+    );
+    expect(await page.locator(".presenced-facepile").getAttribute("aria-busy")).toBe("true");
+    await page.close();
+  });
+
   it("FacePile: first avatars, +N from total_count, offline greyed (screenshot kept)", async () => {
     const room = newRoom("pile");
     // Three backend users online and three that left, through the Node client.
