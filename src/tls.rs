@@ -110,7 +110,16 @@ fn load_certified_key(
         .key_provider
         .load_private_key(key_der)
         .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
-    Ok(Arc::new(CertifiedKey::new(chain, signing)))
+    let certified = CertifiedKey::new(chain, signing);
+    // A half-written deploy (new key, old certificate) must not be served.
+    certified.keys_match().map_err(|e| {
+        format!(
+            "--tls-key {} does not match --tls-cert {}: {e}",
+            key.display(),
+            cert.display()
+        )
+    })?;
+    Ok(Arc::new(certified))
 }
 
 /// A TLS acceptor whose certificate follows the files on disk.

@@ -65,8 +65,10 @@ pub struct Verifier {
     fixed: Vec<Key>,
     /// Keys from the JWKS URL, replaced on each fetch.
     fetched: RwLock<Vec<Key>>,
-    /// When the JWKS URL was last fetched, to rate-limit unknown-kid refreshes.
-    last_fetch: RwLock<Option<Instant>>,
+    /// When a token naming an unknown key id last caused a fetch: such
+    /// fetches happen at most every `MIN_REFETCH`, so made-up key ids cannot
+    /// turn the service into a load generator against the IdP.
+    last_unknown_kid_fetch: RwLock<Option<Instant>>,
     client: Option<JwksClient>,
 }
 
@@ -121,7 +123,7 @@ impl Verifier {
             config,
             fixed,
             fetched: RwLock::new(Vec::new()),
-            last_fetch: RwLock::new(None),
+            last_unknown_kid_fetch: RwLock::new(None),
             client,
         });
         if verifier.client.is_some() {
@@ -156,7 +158,6 @@ impl Verifier {
         let (Some(client), Some(url)) = (&self.client, &self.config.jwks_url) else {
             return Ok(());
         };
-        *self.last_fetch.write().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let body = client.get(url).await?;
         let keys = jwks_keys(&body)?;
         info!(keys = keys.len(), "JWKS fetched");
@@ -171,6 +172,10 @@ impl Verifier {
         let mut candidates = self.candidates(header.kid.as_deref(), header.alg);
         let named = |keys: &[Key]| keys.iter().any(|k| k.kid.is_some() && k.kid == header.kid);
         if header.kid.is_some() && !named(&candidates) && self.may_refetch() {
+            *self
+                .last_unknown_kid_fetch
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
             if let Err(e) = self.refresh().await {
                 warn!(error = %e, "JWKS refresh for an unknown key id failed");
             }
@@ -195,7 +200,7 @@ impl Verifier {
     fn may_refetch(&self) -> bool {
         self.client.is_some()
             && self
-                .last_fetch
+                .last_unknown_kid_fetch
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .is_none_or(|at| at.elapsed() >= MIN_REFETCH)
