@@ -113,6 +113,10 @@ describe("presence in Chromium over grpc-web", () => {
     const ada = await openUser(room, "ada");
     const grace = await openUser(room, "grace");
     await expectShown(ada, "grace", true, 10_000);
+    // Ada can see grace before grace's page has the answer to its first
+    // heartbeat; only with that answer does the page hold the session token
+    // its beacon needs. Its own listing shows once it has it.
+    await expectShown(grace, "grace", true, 10_000);
     // Both pages render under React StrictMode: if its double mount had left
     // a ghost session behind, grace would stay online for 75 s after closing.
     const closedAt = Date.now();
