@@ -12,7 +12,8 @@ from typing import Any
 TIMEOUT = 20.0
 
 # grpcurl exits with 64 + the gRPC status code when the RPC fails.
-CODES = {"OK": 0, "InvalidArgument": 3, "NotFound": 5, "FailedPrecondition": 9, "Unauthenticated": 16}
+CODES = {"OK": 0, "InvalidArgument": 3, "NotFound": 5, "PermissionDenied": 7, "ResourceExhausted": 8,
+         "FailedPrecondition": 9, "Unauthenticated": 16}
 
 
 def binary() -> str:
