@@ -31,7 +31,7 @@ node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.ex
 
 need_apt chromium
 log "npm ci"
-npm ci --no-audit --no-fund --loglevel=error
+timeout 900 npm ci --no-audit --no-fund --loglevel=error
 
 log "gen.sh: src/gen/ must match proto/"
 ./gen.sh

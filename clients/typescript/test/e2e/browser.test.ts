@@ -196,6 +196,27 @@ describe("presence in Chromium over grpc-web", () => {
     await Promise.all([ada.close(), grace.close()]);
   });
 
+  it("leaving for another page goes offline; coming back from the back/forward cache rejoins", async () => {
+    const room = newRoom("bfcache");
+    const ada = await openUser(room, "ada");
+    const grace = await openUser(room, "grace");
+    await expectShown(ada, "grace", true, 10_000);
+    await expectShown(grace, "grace", true, 10_000);
+    await grace.evaluate(() => {
+      (window as unknown as { marker: string }).marker = "same document";
+    });
+
+    await grace.goto("about:blank");
+    await expectShown(ada, "grace", false, 2_000);
+    await grace.goBack({ waitUntil: "commit" });
+    // Restored from the cache (no unload handler kept it out): the same
+    // document, not a reload.
+    expect(await grace.evaluate(() => (window as unknown as { marker?: string }).marker)).toBe("same document");
+    await expectShown(ada, "grace", true, 2_000);
+    await expectShown(grace, "grace", true, 2_000);
+    await Promise.all([ada.close(), grace.close()]);
+  });
+
   it("a server error reaches the page with its gRPC code through grpc-web and CORS", async () => {
     const tooLong = "r".repeat(300); // room ids are capped at 256 bytes
     const page = await chrome.openWindow(pageUrl(tooLong, "ada"));
