@@ -19,6 +19,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // write `file_descriptor_set_path` itself.
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("presence_descriptor.bin"), fds.encode_to_vec())?;
+    // The health service's schema with its doc comments, for reflection only
+    // (tonic-health's own descriptor set has no source info).
+    let health = "grpc/health/v1/health.proto";
+    println!("cargo:rerun-if-changed=third_party/{health}");
+    let health_fds = protox::Compiler::new(["third_party"])?
+        .include_source_info(true)
+        .open_file(health)?
+        .file_descriptor_set();
+    std::fs::write(
+        out.join("health_descriptor.bin"),
+        health_fds.encode_to_vec(),
+    )?;
+
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

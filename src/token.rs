@@ -369,5 +369,33 @@ mod tests {
             let forged = URL_SAFE_NO_PAD.encode(&bytes);
             prop_assert!(codec.verify_room(&forged).is_err());
         }
+
+        #[test]
+        fn every_truncation_extension_or_character_change_is_refused(
+            room in "[a-z:0-9]{1,32}",
+            user in "[a-z]{1,16}",
+            cut in any::<prop::sample::Index>(),
+            pos in any::<prop::sample::Index>(),
+            ch in prop::sample::select(b"ABCxyz019-_=.+/ ".to_vec()),
+            tail in "[A-Za-z0-9_-]{1,8}",
+        ) {
+            let codec = Codec::random(Some(Duration::from_secs(3600)));
+            for token in [codec.room_token(&room), codec.session_token(&room, &user, "s")] {
+                let truncated = &token[..cut.index(token.len())];
+                prop_assert!(codec.verify_room(truncated).is_err());
+                prop_assert!(codec.verify_session(truncated).is_err());
+                let extended = format!("{token}{tail}");
+                prop_assert!(codec.verify_room(&extended).is_err());
+                prop_assert!(codec.verify_session(&extended).is_err());
+                let mut changed = token.clone().into_bytes();
+                let i = pos.index(changed.len());
+                if changed[i] != ch {
+                    changed[i] = ch;
+                    let changed = String::from_utf8(changed).unwrap();
+                    prop_assert!(codec.verify_room(&changed).is_err());
+                    prop_assert!(codec.verify_session(&changed).is_err());
+                }
+            }
+        }
     }
 }

@@ -18,4 +18,9 @@ pub mod pb {
     /// source info (doc comments), for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         tonic::include_file_descriptor_set!("presence_descriptor");
+
+    /// The descriptor set of `grpc.health.v1` with its doc comments, for
+    /// server reflection (the service itself is tonic-health's).
+    pub const HEALTH_FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("health_descriptor");
 }

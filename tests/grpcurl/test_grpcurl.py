@@ -50,6 +50,7 @@ def test_describe_every_service(presenced: Presenced) -> None:
         assert "rpc " in out, out
     health = run(presenced.addr, "describe", "grpc.health.v1.Health").ok().stdout
     assert "rpc Check" in health and "rpc Watch" in health, health
+    assert "// Health checking for load balancers" in health, "health shows its doc comments"
 
 
 def test_describe_shows_doc_comments(presenced: Presenced) -> None:
