@@ -1,20 +1,67 @@
-//! Command-line and environment configuration. Every flag has an env
-//! fallback (`PRESENCE_*`); durations are humantime (`1s`, `10m`, `24h`).
+//! Configuration: every setting is a flag, an environment variable and a
+//! key of an optional TOML file.
+//!
+//! Precedence, highest first: command-line flag, environment variable
+//! (`PRESENCE_*`, and `RUST_LOG` for the log filter), the file named by
+//! `--config` / `PRESENCE_CONFIG`, the built-in default. A file key is the
+//! flag's long name with `_` for `-` (`keepalive_interval = "30s"`).
+//! Durations are humantime (`500ms`, `10s`, `24h`). Values that do not parse,
+//! unknown file keys and inconsistent combinations stop the start with a
+//! message naming the key.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 use crate::presence::{self, Limits};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
+/// Default HTTP/2 streams per connection.
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
+/// Default largest request message, in bytes.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// HTTP/1.1 (grpc-web, beacon) connections must send a request's headers
+/// within this time. Fixed: hyper's default, which tonic enforces.
+pub const HTTP1_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Flags that exist only on the command line (not in the file).
+const NOT_IN_FILE: &[&str] = &["config", "check-config", "help", "version"];
+
+const AFTER_HELP: &str = "\
+Every option is also an environment variable (shown) and a key of the \
+--config TOML file: the long name with '_' for '-', e.g. keepalive_interval = \"30s\". \
+Precedence: flag, then environment, then file, then default. \
+Durations: 500ms, 10s, 5m, 24h.";
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (coloured on a terminal).
+    Text,
+    /// One JSON object per line.
+    Json,
+}
 
 /// presenced: real-time user presence over gRPC, grpc-web and grpcurl.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "presenced", version, about, long_about = None)]
+#[command(name = "presenced", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Config {
+    // ---- Configuration source -------------------------------------------
+    /// TOML file with settings (keys as in --help, '_' for '-'); flags and
+    /// environment variables override it.
+    #[arg(long, env = "PRESENCE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration, each value with where it came
+    /// from, and exit (0 if it is valid).
+    #[arg(long)]
+    pub check_config: bool,
+
     /// Address for gRPC, grpc-web, health, reflection and the beacon route.
     #[arg(long, env = "PRESENCE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -291,9 +338,97 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub keepalive_timeout: Duration,
 
+    /// Close connections older than this (HTTP/2 GOAWAY, then the grace
+    /// period) so load balancers can rebalance long-lived watch streams;
+    /// clients reconnect and resume. Unset: connections live on.
+    #[arg(long, env = "PRESENCE_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration, help_heading = "Connections")]
+    pub max_connection_age: Option<Duration>,
+
+    /// After --max-connection-age, how long open calls and watch streams get
+    /// before the connection is closed under them.
+    #[arg(long, env = "PRESENCE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Connections")]
+    pub max_connection_age_grace: Duration,
+
     /// At shutdown, how long open connections get to finish.
     #[arg(long, env = "PRESENCE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    // ---- Observability --------------------------------------------------
+    /// Log filter, `RUST_LOG` syntax (`info`, `presenced=debug,info`;
+    /// `presenced::rpc=debug` logs every call).
+    #[arg(
+        long,
+        env = "RUST_LOG",
+        default_value = "info",
+        help_heading = "Observability"
+    )]
+    pub log_filter: String,
+
+    /// Log line format, to stderr.
+    #[arg(long, env = "PRESENCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Observability")]
+    pub log_format: LogFormat,
+
+    /// Address of the admin listener serving Prometheus metrics on
+    /// `GET /metrics` (e.g. 127.0.0.1:9464). Unset: no metrics listener.
+    #[arg(
+        long,
+        env = "PRESENCE_METRICS_LISTEN",
+        value_name = "ADDR",
+        help_heading = "Observability"
+    )]
+    pub metrics_listen: Option<SocketAddr>,
+
+    // ---- Persistence ----------------------------------------------------
+    /// Directory where the embedded store keeps its state across restarts
+    /// (written periodically and at shutdown, read at start). Unset: state
+    /// lives in memory only.
+    #[arg(
+        long,
+        env = "PRESENCE_DATA_DIR",
+        value_name = "DIR",
+        help_heading = "Persistence"
+    )]
+    pub data_dir: Option<PathBuf>,
+
+    /// How often the state is written to --data-dir (a kill -9 loses at
+    /// most this much).
+    #[arg(long, env = "PRESENCE_PERSIST_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Persistence")]
+    pub persist_interval: Duration,
+
+    /// Where each value came from, filled by [`Config::load_from`].
+    #[arg(skip)]
+    pub origins: Vec<Setting>,
+}
+
+/// One effective setting, for `--check-config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// The file key (the flag's long name with `_`).
+    pub key: String,
+    /// The value, as given (secrets redacted).
+    pub value: Option<String>,
+    /// `flag`, `env NAME`, `file`, `default` or `unset`.
+    pub source: String,
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Flags or environment did not parse (also `--help` and `--version`,
+    /// which clap reports as errors that print and exit 0).
+    #[error("{0}")]
+    Args(#[from] clap::Error),
+    /// The configuration file is unreadable or has a bad entry.
+    #[error("config file {path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// Values that parse but make no sense (together).
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
 }
 
 impl Config {
@@ -301,6 +436,112 @@ impl Config {
     /// environment still applies), for tests and embedding.
     pub fn defaults() -> Self {
         Self::parse_from(["presenced"])
+    }
+
+    /// Flags from the process arguments, environment and the `--config`
+    /// file, validated.
+    pub fn load() -> Result<Self, Error> {
+        Self::load_from(std::env::args_os())
+    }
+
+    /// Like [`Config::load`] with the given arguments (the first is the
+    /// program name).
+    pub fn load_from<I, T>(args: I) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let cmd = Self::command();
+        let first = cmd.clone().try_get_matches_from(&args)?;
+        let mut from_file = Vec::new();
+        if let Some(path) = first.get_one::<PathBuf>("config") {
+            let shown = path.display().to_string();
+            let file_error = |message: String| Error::File {
+                path: shown.clone(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+            let table: toml::Table = text
+                .parse()
+                .map_err(|e: toml::de::Error| file_error(e.message().to_owned()))?;
+            for (raw_key, value) in table {
+                let key = raw_key.replace('-', "_");
+                let arg = cmd
+                    .get_arguments()
+                    .find(|a| file_key(a).is_some_and(|k| k == key))
+                    .ok_or_else(|| file_error(format!("unknown key `{raw_key}`")))?;
+                let id = arg.get_id().as_str();
+                let long = arg.get_long().expect("every setting is a long flag");
+                let values = file_values(&value, arg.get_action().takes_values())
+                    .map_err(|m| file_error(format!("`{raw_key}` {m}")))?;
+                // Check the entry on its own, so its error names the file key.
+                let mut single = vec![OsString::from("presenced")];
+                single.extend(values.iter().map(|v| flag_arg(long, v)));
+                match cmd.clone().try_get_matches_from(&single) {
+                    // Relations between settings are checked on the whole.
+                    Err(err) if err.kind() != clap::error::ErrorKind::MissingRequiredArgument => {
+                        return Err(file_error(format!("`{raw_key}`: {}", first_line(&err))));
+                    }
+                    _ => {}
+                }
+                if matches!(
+                    first.value_source(id),
+                    Some(ValueSource::DefaultValue) | None
+                ) {
+                    from_file.push(id.to_owned());
+                    args.extend(values.iter().map(|v| flag_arg(long, v)));
+                }
+            }
+        }
+        let matches = cmd.clone().try_get_matches_from(&args)?;
+        let mut config = Self::from_arg_matches(&matches)?;
+        config.origins = cmd
+            .get_arguments()
+            .filter_map(|arg| Some((arg, file_key(arg)?)))
+            .map(|(arg, key)| {
+                let id = arg.get_id().as_str();
+                let secret = arg.is_hide_env_values_set();
+                let value = matches.get_raw(id).map(|values| {
+                    if secret {
+                        "<redacted>".to_owned()
+                    } else {
+                        values
+                            .map(|v| v.to_string_lossy().into_owned())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    }
+                });
+                let source = match matches.value_source(id) {
+                    _ if from_file.iter().any(|k| k == id) => "file".to_owned(),
+                    Some(ValueSource::CommandLine) => "flag".to_owned(),
+                    Some(ValueSource::EnvVariable) => format!(
+                        "env {}",
+                        arg.get_env()
+                            .map_or(String::new(), |e| e.to_string_lossy().into_owned())
+                    ),
+                    Some(ValueSource::DefaultValue) => "default".to_owned(),
+                    _ => "unset".to_owned(),
+                };
+                Setting { key, value, source }
+            })
+            .collect();
+        config.validate().map_err(Error::Invalid)?;
+        Ok(config)
+    }
+
+    /// The effective configuration as TOML, each line commented with its
+    /// source (secrets redacted).
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        for s in &self.origins {
+            let line = match &s.value {
+                Some(v) => format!("{} = {v:?}", s.key),
+                None => format!("# {} (unset)", s.key),
+            };
+            out.push_str(&format!("{line:<48} # {}\n", s.source));
+        }
+        out
     }
 
     /// The engine's limits.
@@ -394,6 +635,80 @@ impl Config {
         if self.cors_allowed_origins.is_empty() {
             return Err("--cors-allowed-origins must list at least one origin, or *".into());
         }
+        let positive = [
+            ("--keepalive-interval", self.keepalive_interval),
+            ("--keepalive-timeout", self.keepalive_timeout),
+            ("--persist-interval", self.persist_interval),
+        ];
+        for (flag, value) in positive {
+            if value.is_zero() {
+                return Err(format!("{flag} must be positive"));
+            }
+        }
+        if self.max_connection_age.is_some_and(|age| age.is_zero()) {
+            return Err(
+                "--max-connection-age must be positive (leave it unset for no limit)".into(),
+            );
+        }
+        if self.max_streams_per_connection == 0 {
+            return Err("--max-streams-per-connection must be at least 1".into());
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(format!(
+                "--max-request-bytes ({}) must be at least 1024",
+                self.max_request_bytes
+            ));
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log_filter) {
+            return Err(format!("--log-filter ({:?}): {err}", self.log_filter));
+        }
+        if let Some(dir) = &self.data_dir {
+            if dir.as_os_str().is_empty() {
+                return Err("--data-dir must not be empty".into());
+            }
+        }
         Ok(())
     }
+}
+
+/// The file key of a setting: its long flag name with `_` for `-`; `None`
+/// for command-line-only arguments.
+fn file_key(arg: &clap::Arg) -> Option<String> {
+    let long = arg.get_long()?;
+    (!NOT_IN_FILE.contains(&long)).then(|| long.replace('-', "_"))
+}
+
+/// A `--long=value` argument.
+fn flag_arg(long: &str, value: &Option<String>) -> OsString {
+    match value {
+        Some(v) => format!("--{long}={v}").into(),
+        None => format!("--{long}").into(),
+    }
+}
+
+/// A file value as flag values: `None` for a set boolean flag (no value).
+fn file_values(value: &toml::Value, takes_values: bool) -> Result<Vec<Option<String>>, String> {
+    use toml::Value;
+    let scalar = |v: &Value| match v {
+        Value::String(s) => Ok(s.clone()),
+        Value::Integer(i) => Ok(i.to_string()),
+        Value::Float(f) => Ok(f.to_string()),
+        Value::Boolean(b) => Ok(b.to_string()),
+        _ => Err("must be a string, a number or a boolean".to_owned()),
+    };
+    match (value, takes_values) {
+        (Value::Boolean(true), false) => Ok(vec![None]),
+        (Value::Boolean(false), false) => Ok(vec![]),
+        (Value::String(s), false) if s == "true" => Ok(vec![None]),
+        (Value::String(s), false) if s == "false" => Ok(vec![]),
+        (_, false) => Err("must be true or false".to_owned()),
+        (Value::Array(items), true) => items.iter().map(|v| scalar(v).map(Some)).collect(),
+        (v, true) => Ok(vec![Some(scalar(v)?)]),
+    }
+}
+
+fn first_line(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.trim_start_matches("error: ").to_owned()
 }

@@ -8,13 +8,17 @@
 //! - [`server`]: transport assembly (gRPC, grpc-web, CORS, health,
 //!   reflection, beacon route) and ordered shutdown; [`serve`] is the one
 //!   entry point for `main` and the tests.
-//! - [`config`]: flags and environment.
+//! - [`config`]: flags, environment and the TOML file, with precedence.
+//! - [`metrics`]: Prometheus metrics for the admin listener.
+//! - [`telemetry`]: the per-call span, log line and metrics layer.
 
 pub mod auth;
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod presence;
 pub mod server;
+pub mod telemetry;
 pub mod tls;
 pub mod token;
 

@@ -1,20 +1,36 @@
 //! The `presenced` binary: configuration, logging, signals; the rest is
 //! `presenced::serve`.
 
-use clap::Parser;
+use presenced::config::{self, LogFormat};
 use tokio::net::TcpListener;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let config = presenced::Config::parse();
-    tracing_subscriber::fmt()
+    let config = match presenced::Config::load() {
+        Ok(config) => config,
+        // --help and --version land here too, and exit 0.
+        Err(config::Error::Args(err)) => err.exit(),
+        Err(err) => {
+            eprintln!("presenced: {err}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if config.check_config {
+        print!("{}", config.describe());
+        return std::process::ExitCode::SUCCESS;
+    }
+    // Validated by Config::load.
+    let filter = EnvFilter::new(&config.log_filter);
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
     let listener = match TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(err) => {

@@ -1,6 +1,9 @@
 //! Assembles the transport: gRPC, grpc-web (HTTP/1.1 and HTTP/2) with CORS,
 //! health, reflection v1 and v1alpha, and the `POST /v1/disconnect` beacon
-//! route, all on one listener; and shuts it down in order.
+//! route, all on one listener; and shuts it down in order. Around it: the
+//! admin listener (`/metrics`), per-call telemetry, connection hygiene
+//! (keepalive, maximum age, stream limit) and the state file of
+//! `--data-dir`.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,7 +30,10 @@ use crate::auth::{jwt, Authenticator};
 use crate::config::Config;
 use crate::grpc::pb::presence_service_server::PresenceServiceServer;
 use crate::grpc::{pb, PresenceApi};
+use crate::metrics::Metrics;
+use crate::presence::persist::{self, Persister};
 use crate::presence::{Memory, SystemClock};
+use crate::telemetry::TelemetryLayer;
 use crate::tls;
 use crate::token;
 
@@ -49,6 +55,17 @@ pub enum Error {
     /// The reflection service could not load the descriptors.
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The data directory or its state file cannot be used.
+    #[error("--data-dir: {0}")]
+    Persist(#[from] persist::Error),
+    /// The admin (metrics) listener cannot bind its address.
+    #[error("--metrics-listen {addr}: {source}")]
+    Admin {
+        /// The configured address.
+        addr: SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
 }
 
 /// A presence server ready to run: its store is created, so tests (and
@@ -56,19 +73,51 @@ pub enum Error {
 pub struct App {
     config: Config,
     store: Memory,
+    metrics: Metrics,
+    persister: Option<Persister>,
+    admin: Option<TcpListener>,
 }
 
 impl App {
-    /// Builds the store described by `config`.
+    /// Builds the store described by `config`, restoring its state from
+    /// `--data-dir` when set.
     pub fn new(config: Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         let store = Memory::new(config.limits(), Arc::new(SystemClock));
-        Ok(Self { config, store })
+        let persister = match &config.data_dir {
+            Some(dir) => {
+                let persister = Persister::new(dir, store.clone())?;
+                let loaded = persister.load()?;
+                persist::report(&loaded, &persister.path());
+                Some(persister)
+            }
+            None => None,
+        };
+        let metrics = Metrics::new(store.clone(), persister.clone());
+        Ok(Self {
+            config,
+            store,
+            metrics,
+            persister,
+            admin: None,
+        })
+    }
+
+    /// Serves `/metrics` on `listener` instead of binding `--metrics-listen`
+    /// (tests bind port 0 and need to know the address).
+    pub fn with_admin_listener(mut self, listener: TcpListener) -> Self {
+        self.admin = Some(listener);
+        self
     }
 
     /// A handle to the store.
     pub fn store(&self) -> &Memory {
         &self.store
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// Serves on `listener` until `shutdown` resolves, then shuts down in
@@ -80,8 +129,23 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
-        let App { config, store } = self;
+        let App {
+            config,
+            store,
+            metrics,
+            persister,
+            admin,
+        } = self;
         let addr = listener.local_addr()?;
+        let admin = match (admin, config.metrics_listen) {
+            (Some(listener), _) => Some(listener),
+            (None, Some(addr)) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Admin { addr, source })?,
+            ),
+            (None, None) => None,
+        };
         let auth_enabled = config.auth_enabled();
         if auth_enabled {
             info!(%addr, jwt = config.jwt_config().enabled(), service_keys = config.service_keys.len(), mtls = config.tls_client_ca.is_some(), "authentication is on");
@@ -136,6 +200,27 @@ impl App {
         let streams_end = CancellationToken::new();
         let stop_accepting = CancellationToken::new();
         let sweeper = tokio::spawn(store.clone().run_sweeper(streams_end.clone()));
+        let periodic_save = persister.clone().map(|p| {
+            info!(
+                path = %p.path().display(),
+                every = %humantime::format_duration(config.persist_interval),
+                "presence state is saved periodically and at shutdown"
+            );
+            tokio::spawn(p.run(config.persist_interval, streams_end.clone()))
+        });
+        let admin_server = match admin {
+            Some(listener) => {
+                let admin_addr = listener.local_addr()?;
+                info!(addr = %admin_addr, "metrics on http://{admin_addr}/metrics");
+                Some(tokio::spawn(serve_admin(
+                    listener,
+                    metrics.clone(),
+                    stop_accepting.clone(),
+                )))
+            }
+            None => None,
+        };
+        let telemetry = TelemetryLayer::new(metrics.rpc.clone(), streams_end.clone());
         if let Some(jwt) = &jwt {
             jwt.spawn_refresh(streams_end.clone());
         }
@@ -156,7 +241,8 @@ impl App {
             .route("/v1/disconnect", axum::routing::post(beacon))
             .layer(DefaultBodyLimit::max(MAX_BEACON_BYTES))
             .layer(axum::middleware::map_request(peer_info))
-            .with_state(api);
+            .with_state(api)
+            .layer(telemetry.clone());
         // grpc-web wraps the gRPC services only: tonic-web answers 400 to
         // any other HTTP/1.1 request, which would shadow the beacon route.
         let routes = Routes::new(presence)
@@ -164,10 +250,20 @@ impl App {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .into_axum_router()
+            .layer(telemetry)
             .layer(GrpcWebLayer::new())
             .merge(beacon);
 
-        let server = Server::builder()
+        let mut builder = Server::builder();
+        if let Some(age) = config.max_connection_age {
+            builder = builder
+                .max_connection_age(age)
+                .max_connection_age_grace(config.max_connection_age_grace);
+        }
+        // HTTP/1.1 connections (grpc-web, beacon) must send a request's
+        // headers within config::HTTP1_HEADER_READ_TIMEOUT: tonic sets
+        // hyper's timer, which enforces hyper's default.
+        let server = builder
             .accept_http1(true)
             .tcp_nodelay(true)
             .max_concurrent_streams(config.max_streams_per_connection)
@@ -198,6 +294,10 @@ impl App {
         tokio::select! {
             result = &mut server => {
                 streams_end.cancel();
+                stop_accepting.cancel();
+                if let Some(persister) = &persister {
+                    let _ = persister.save_now().await;
+                }
                 return result.map_err(Error::from);
             }
             () = shutdown => {}
@@ -220,6 +320,17 @@ impl App {
             ),
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), sweeper).await;
+        if let Some(task) = periodic_save {
+            let _ = task.await;
+        }
+        if let Some(persister) = &persister {
+            if let Ok(bytes) = persister.save_now().await {
+                info!(bytes, path = %persister.path().display(), "presence state saved");
+            }
+        }
+        if let Some(task) = admin_server {
+            let _ = tokio::time::timeout(Duration::from_secs(1), task).await;
+        }
         info!("stopped");
         Ok(())
     }
@@ -262,6 +373,31 @@ async fn housekeeping(limiter: Arc<Limiter>, cancel: CancellationToken) {
             () = tokio::time::sleep(Duration::from_secs(60)) => limiter.housekeeping(),
             () = cancel.cancelled() => return,
         }
+    }
+}
+
+/// The admin listener: `GET /metrics` in the Prometheus text format.
+async fn serve_admin(listener: TcpListener, metrics: Metrics, stop: CancellationToken) {
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        crate::metrics::CONTENT_TYPE,
+                    )],
+                    metrics.render(),
+                )
+            }
+        }),
+    );
+    if let Err(err) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    {
+        warn!(%err, "metrics listener failed");
     }
 }
 

@@ -38,7 +38,10 @@ use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{Clock, Millis};
+use super::counters::{Counters, Counts};
 use super::model::{Error, Limits, RoomPresence, Snapshot, UserData, UserPresence};
+
+mod dump;
 
 /// Number of room shards (a power of two).
 const ROOM_SHARDS: usize = 64;
@@ -73,6 +76,8 @@ struct Shared {
     live_sessions: AtomicUsize,
     /// Rooms held (with users or watchers), for limits, tests and metrics.
     live_rooms: AtomicUsize,
+    /// What this store has done, for metrics.
+    counters: Counters,
 }
 
 type SessionIndex = HashMap<Arc<str>, Arc<str>>;
@@ -154,6 +159,9 @@ impl User {
 struct Session {
     user: Arc<str>,
     deadline: Millis,
+    /// Lifetime given by the last heartbeat (2.5 × its interval); kept so a
+    /// restart can grant one interval of grace.
+    ttl: Millis,
     /// The deadline of this session's entry in the deadline heap.
     queued: Millis,
 }
@@ -167,6 +175,8 @@ pub struct Stats {
     pub watchers: usize,
     /// Rooms held in memory (with users or watchers).
     pub rooms: usize,
+    /// Online users, counted once per room they are online in.
+    pub online_users: usize,
 }
 
 impl Memory {
@@ -188,6 +198,7 @@ impl Memory {
                 live_watchers: AtomicUsize::new(0),
                 live_sessions: AtomicUsize::new(0),
                 live_rooms: AtomicUsize::new(0),
+                counters: Counters::default(),
             }),
         }
     }
@@ -225,6 +236,7 @@ impl Memory {
                     });
                 }
                 session.deadline = deadline;
+                session.ttl = ttl;
                 if deadline < session.queued {
                     // The interval shrank: the queued entry would fire late.
                     session.queued = deadline;
@@ -332,9 +344,11 @@ impl Memory {
             Session {
                 user: user_key,
                 deadline,
+                ttl: deadline - now,
                 queued: deadline,
             },
         );
+        Counters::bump(&self.shared.counters.sessions_created);
         shard.deadlines.push(Reverse(Due {
             at: deadline,
             room: room.id.clone(),
@@ -383,6 +397,7 @@ impl Memory {
             Some(session) if &*session.user == user_id => {}
             _ => return,
         }
+        Counters::bump(&self.shared.counters.sessions_disconnected);
         self.end_session(room, &mut shard.purges, session_id, now);
         self.changed(room, &mut shard.pending, now);
     }
@@ -598,6 +613,7 @@ impl Memory {
         let room = self.room_entry(&mut guard.rooms, room_id, now)?;
         if room.publisher.is_none() {
             let first = Arc::new(room.snapshot(cap, false));
+            Counters::bump(&self.shared.counters.snapshots_built);
             room.publisher = Some(Publisher {
                 tx: watch::Sender::new(first),
                 watchers: 0,
@@ -652,6 +668,7 @@ impl Memory {
                     }));
                     continue;
                 }
+                Counters::bump(&self.shared.counters.sessions_expired);
                 if self.end_session(room, &mut shard.purges, &due.key, now) {
                     touched.push(due.room);
                 }
@@ -672,6 +689,7 @@ impl Memory {
                     continue;
                 }
                 let user = room.users.remove(&due.key).expect("checked above");
+                Counters::bump(&self.shared.counters.users_purged);
                 room.order.remove(&user.rank);
                 self.shared.unlist_user(&due.key, &room.id, 0, true);
                 touched.push(due.room);
@@ -696,7 +714,7 @@ impl Memory {
                 if let Some(publisher) = shard
                     .rooms
                     .get_mut(&room_id)
-                    .and_then(|room| room.publish(now, cap))
+                    .and_then(|room| room.publish(now, cap, &self.shared.counters))
                 {
                     publisher.pending = false;
                 }
@@ -731,11 +749,26 @@ impl Memory {
 
     /// Counts of live things.
     pub fn stats(&self) -> Stats {
+        let mut online_users = 0;
+        for shard in self.shared.rooms.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            online_users += shard
+                .rooms
+                .values()
+                .map(|r| r.online as usize)
+                .sum::<usize>();
+        }
         Stats {
             sessions: self.shared.live_sessions.load(Ordering::Relaxed),
             watchers: self.shared.live_watchers.load(Ordering::Relaxed),
             rooms: self.shared.live_rooms.load(Ordering::Relaxed),
+            online_users,
         }
+    }
+
+    /// What this store has done since it started.
+    pub fn counts(&self) -> Counts {
+        self.shared.counters.read()
     }
 
     /// Records a change to the room's listing: a new version, and a snapshot
@@ -747,11 +780,16 @@ impl Memory {
             return;
         };
         if publisher.pending {
+            Counters::bump(&self.shared.counters.snapshots_coalesced);
             return;
         }
         let due = publisher.last_publish.saturating_add(window);
         if now >= due {
-            room.publish(now, self.shared.limits.max_list_limit as usize);
+            room.publish(
+                now,
+                self.shared.limits.max_list_limit as usize,
+                &self.shared.counters,
+            );
         } else {
             publisher.pending = true;
             pending.push((due, room.id.clone()));
@@ -867,9 +905,10 @@ impl Room {
     /// Sends a fresh snapshot (of at most `cap` users) to the watchers
     /// unless it would look the same as the last one. Returns the publisher,
     /// if the room has watchers.
-    fn publish(&mut self, now: Millis, cap: usize) -> Option<&mut Publisher> {
+    fn publish(&mut self, now: Millis, cap: usize, counters: &Counters) -> Option<&mut Publisher> {
         self.publisher.as_ref()?;
         let fresh = self.snapshot(cap, false);
+        Counters::bump(&counters.snapshots_built);
         let publisher = self.publisher.as_mut()?;
         publisher.last_publish = now;
         let same = fresh.same_view(&publisher.tx.borrow(), usize::MAX);
@@ -892,7 +931,11 @@ impl Stream for Subscription {
     type Item = Arc<Snapshot>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.stream).poll_next(cx)
+        let next = Pin::new(&mut self.stream).poll_next(cx);
+        if let Poll::Ready(Some(_)) = next {
+            Counters::bump(&self._guard.shared.counters.snapshots_delivered);
+        }
+        next
     }
 }
 

@@ -1,0 +1,66 @@
+//! Monotonic counts of what the engine did, for metrics.
+//!
+//! Plain relaxed atomics, bumped on slow paths only (a session created or
+//! ended, a snapshot built or handed out; never on the heartbeat of a live
+//! session). The engine knows no metrics library: the exporter reads
+//! [`Counts`] at scrape time, so the engine stays free of exporters and of
+//! process-wide registries, and every store (one per test server) counts on
+//! its own.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The live counters of one store.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub sessions_created: AtomicU64,
+    pub sessions_disconnected: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    pub users_purged: AtomicU64,
+    pub snapshots_built: AtomicU64,
+    pub snapshots_coalesced: AtomicU64,
+    pub snapshots_delivered: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts now.
+    pub fn read(&self) -> Counts {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counts {
+            sessions_created: get(&self.sessions_created),
+            sessions_disconnected: get(&self.sessions_disconnected),
+            sessions_expired: get(&self.sessions_expired),
+            users_purged: get(&self.users_purged),
+            snapshots_built: get(&self.snapshots_built),
+            snapshots_coalesced: get(&self.snapshots_coalesced),
+            snapshots_delivered: get(&self.snapshots_delivered),
+        }
+    }
+}
+
+/// What a store has done since it started; every field only grows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Sessions created by a heartbeat (or restored from disk).
+    pub sessions_created: u64,
+    /// Sessions ended by a disconnect (RPC or beacon).
+    pub sessions_disconnected: u64,
+    /// Sessions ended because their deadline passed.
+    pub sessions_expired: u64,
+    /// Offline users forgotten at the end of their retention.
+    pub users_purged: u64,
+    /// Room snapshots built for watchers (one per publish, shared by all of
+    /// the room's watchers).
+    pub snapshots_built: u64,
+    /// Changes folded into a snapshot already pending in its coalescing
+    /// window, so they cost no snapshot of their own.
+    pub snapshots_coalesced: u64,
+    /// Snapshots handed to watch streams (one per watcher per snapshot it
+    /// received; a slow watcher that skipped stale ones counts only what it
+    /// got).
+    pub snapshots_delivered: u64,
+}

@@ -1,0 +1,181 @@
+//! Export and import of the in-memory state, for [`persist`](crate::presence::persist).
+//!
+//! A child of `memory` so it can read the store's private structures; the
+//! file format and the file handling live in `persist`.
+
+use std::cmp::Reverse;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{Due, Memory, Rank, Room, Session, User};
+use crate::presence::clock::Millis;
+use crate::presence::counters::Counters;
+use crate::presence::persist::{Restored, RoomState, SessionState, State, UserState};
+
+impl Memory {
+    /// A copy of every room with users: listing order, offline times, data,
+    /// sessions with their deadlines and lifetimes, and the room's version.
+    /// Locks one room shard at a time, so each room is consistent in itself.
+    pub fn export(&self) -> State {
+        let now = self.shared.clock.now();
+        let mut rooms = Vec::new();
+        for shard in self.shared.rooms.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for room in shard.rooms.values().filter(|r| !r.users.is_empty()) {
+                let users = room
+                    .order
+                    .values()
+                    .map(|user_id| {
+                        let user = &room.users[user_id];
+                        UserState {
+                            id: user_id.to_string(),
+                            last_disconnected: user.last_disconnected(),
+                            data: user.data.as_deref().cloned(),
+                        }
+                    })
+                    .collect();
+                let sessions = room
+                    .sessions
+                    .iter()
+                    .map(|(id, session)| SessionState {
+                        id: id.to_string(),
+                        user: session.user.to_string(),
+                        deadline: session.deadline,
+                        ttl: session.ttl,
+                    })
+                    .collect();
+                rooms.push(RoomState {
+                    id: room.id.to_string(),
+                    version: room.version,
+                    users,
+                    sessions,
+                });
+            }
+        }
+        State::new(now, rooms)
+    }
+
+    /// Loads a state written by [`Memory::export`], normally into an empty
+    /// store at start. Rooms already present are left as they are.
+    ///
+    /// Every restored session lives at least one more heartbeat interval
+    /// (its lifetime / 2.5) from now: a session whose deadline passed while
+    /// the service was down gets that much grace to heartbeat again instead
+    /// of everyone leaving at once. A user listed online whose sessions are
+    /// all gone is offline since the state was written. Versions continue
+    /// from the saved ones (and never fall below the wall-clock floor).
+    pub fn import(&self, state: State) -> Restored {
+        let now = self.shared.clock.now();
+        let retention = self.shared.limits.retention.as_millis() as Millis;
+        let mut restored = Restored {
+            written_at: state.written_at,
+            ..Restored::default()
+        };
+        for saved in state.rooms {
+            let mut guard = self.shared.room_shard(&saved.id);
+            let shard = &mut *guard;
+            if shard.rooms.contains_key(saved.id.as_str()) || saved.users.is_empty() {
+                continue;
+            }
+            let id: Arc<str> = Arc::from(saved.id);
+            let mut room = Room::new(id.clone(), now);
+            room.version = room.version.max(saved.version);
+
+            for user in saved.users {
+                if room.users.contains_key(user.id.as_str()) {
+                    continue;
+                }
+                let since = user.last_disconnected.unwrap_or(state.written_at);
+                let seq = room.next_seq;
+                room.next_seq += 1;
+                room.users.insert(
+                    Arc::from(user.id),
+                    User {
+                        rank: Rank::Offline {
+                            since: Reverse(since),
+                            seq,
+                        },
+                        sessions: 0,
+                        data: user.data.filter(|d| !d.is_empty()).map(Arc::new),
+                    },
+                );
+            }
+
+            for session in saved.sessions {
+                let Some(user_key) = room
+                    .users
+                    .get_key_value(session.user.as_str())
+                    .map(|(key, _)| key.clone())
+                else {
+                    continue;
+                };
+                let session_key: Arc<str> = Arc::from(session.id);
+                {
+                    // Lock order: room shard (held), then index shard.
+                    let mut index = self.shared.session_index(&session_key);
+                    if index.contains_key(&session_key) {
+                        continue;
+                    }
+                    index.insert(session_key.clone(), id.clone());
+                }
+                let ttl = session.ttl.max(1);
+                let deadline = session.deadline.max(now.saturating_add(ttl * 2 / 5));
+                room.sessions.insert(
+                    session_key.clone(),
+                    Session {
+                        user: user_key.clone(),
+                        deadline,
+                        ttl,
+                        queued: deadline,
+                    },
+                );
+                shard.deadlines.push(Reverse(Due {
+                    at: deadline,
+                    room: id.clone(),
+                    key: session_key,
+                }));
+                if let Some(user) = room.users.get_mut(&user_key) {
+                    user.sessions += 1;
+                }
+                self.shared.live_sessions.fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&self.shared.counters.sessions_created);
+                self.shared.wake_sweeper_by(deadline);
+                restored.sessions += 1;
+            }
+
+            let Room {
+                users,
+                order,
+                online,
+                ..
+            } = &mut room;
+            for (user_id, user) in users.iter_mut() {
+                let Rank::Offline { since, seq } = user.rank else {
+                    unreachable!("every user starts offline above");
+                };
+                if user.sessions > 0 {
+                    user.rank = Rank::Online { seq };
+                    *online += 1;
+                } else {
+                    shard.purges.push(Reverse(Due {
+                        at: since.0.saturating_add(retention),
+                        room: id.clone(),
+                        key: user_id.clone(),
+                    }));
+                    self.shared
+                        .wake_sweeper_by(since.0.saturating_add(retention));
+                }
+                order.insert(user.rank, user_id.clone());
+                let mut index = self.shared.user_index(user_id);
+                let entry = index.entry(user_id.clone()).or_default();
+                entry.rooms.insert(id.clone());
+                entry.sessions += user.sessions as usize;
+            }
+            restored.rooms += 1;
+            restored.users += room.users.len();
+            self.shared.live_rooms.fetch_add(1, Ordering::Relaxed);
+            shard.rooms.insert(id, room);
+        }
+        restored
+    }
+}

@@ -1,0 +1,333 @@
+//! Restart without losing presence: the embedded store's state in one file
+//! under `--data-dir`.
+//!
+//! The file is written periodically and at graceful shutdown, atomically:
+//! a temporary file in the same directory is written, flushed to disk and
+//! renamed over the old one (then the directory is synced), so a crash at
+//! any moment leaves either the previous complete file or the new one. It is
+//! read back at start. A file that cannot be parsed (truncated, corrupt, or
+//! of another format version) is reported, renamed aside
+//! (`presence-state.json.corrupt-<unix ms>`) and the service starts empty:
+//! never a crash, and the evidence is kept.
+//!
+//! Format: one JSON object, `{"format": "presenced-state", "version": 1,
+//! "written_at": <unix ms>, "rooms": [...]}`; each room has its `id`,
+//! `version`, its `users` in listing order (`id`, `last_disconnected` when
+//! offline, `data`) and its `sessions` (`id`, `user`, `deadline` in unix ms,
+//! `ttl` in ms). What happens to restored sessions is described at
+//! [`Memory::import`].
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::clock::{Clock, Millis, SystemClock};
+use super::memory::Memory;
+
+/// The state file's name inside the data directory.
+pub const STATE_FILE: &str = "presence-state.json";
+/// The `format` field of a state file.
+pub const FORMAT: &str = "presenced-state";
+/// The format version this build writes and reads.
+pub const VERSION: u32 = 1;
+
+/// The whole persisted state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Always [`VERSION`] for files this build writes.
+    pub version: u32,
+    /// When the state was taken, unix ms.
+    pub written_at: Millis,
+    /// Every room with users.
+    pub rooms: Vec<RoomState>,
+}
+
+impl State {
+    /// A state of the current format taken at `written_at`.
+    pub fn new(written_at: Millis, rooms: Vec<RoomState>) -> Self {
+        Self {
+            format: FORMAT.to_owned(),
+            version: VERSION,
+            written_at,
+            rooms,
+        }
+    }
+}
+
+/// One room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomState {
+    /// The room's id.
+    pub id: String,
+    /// The room's version when the state was taken.
+    pub version: u64,
+    /// Users in listing order.
+    pub users: Vec<UserState>,
+    /// Live sessions.
+    #[serde(default)]
+    pub sessions: Vec<SessionState>,
+}
+
+/// One user of a room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserState {
+    /// The user's id.
+    pub id: String,
+    /// When the user went offline, unix ms; absent while online.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_disconnected: Option<Millis>,
+    /// The user's data in the room.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// One live session.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionState {
+    /// The session's id.
+    pub id: String,
+    /// Its user's id.
+    pub user: String,
+    /// When it expires without a heartbeat, unix ms.
+    pub deadline: Millis,
+    /// Its lifetime per heartbeat (2.5 × interval), ms.
+    pub ttl: Millis,
+}
+
+/// What [`Memory::import`] restored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Rooms restored.
+    pub rooms: usize,
+    /// Users (online and offline) restored, counted per room.
+    pub users: usize,
+    /// Sessions restored.
+    pub sessions: usize,
+    /// When the state was written, unix ms.
+    pub written_at: Millis,
+}
+
+/// What [`Persister::load`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No state file: a first start.
+    Missing,
+    /// The state was read and imported.
+    Restored(Restored),
+    /// The file was unreadable as a state; it was renamed to `moved_to`.
+    SetAside {
+        /// Why it was refused.
+        reason: String,
+        /// Where it is now.
+        moved_to: PathBuf,
+    },
+}
+
+/// How many writes succeeded or failed; for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PersistCounts {
+    /// Complete state files written.
+    pub writes: u64,
+    /// Writes that failed (the previous file is intact).
+    pub failures: u64,
+    /// When the last successful write took its state, unix ms (0: never).
+    pub last_success: Millis,
+}
+
+/// A file-system problem with the data directory.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct Error {
+    /// The file or directory concerned.
+    pub path: PathBuf,
+    /// What went wrong.
+    #[source]
+    pub source: io::Error,
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> Error + '_ {
+    move |source| Error {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Saves and restores one store's state in one directory. Cheap to clone.
+#[derive(Clone)]
+pub struct Persister {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    store: Memory,
+    /// Serializes writers (the periodic task and the final save); a std
+    /// mutex held only inside the blocking `save`, never across an await.
+    writing: Mutex<()>,
+    writes: AtomicU64,
+    failures: AtomicU64,
+    last_success: AtomicU64,
+}
+
+impl Persister {
+    /// A persister of `store` in `dir`, which is created if missing.
+    pub fn new(dir: impl Into<PathBuf>, store: Memory) -> Result<Self, Error> {
+        let dir = dir.into();
+        fs::create_dir_all(&dir).map_err(at(&dir))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir,
+                store,
+                writing: Mutex::new(()),
+                writes: AtomicU64::new(0),
+                failures: AtomicU64::new(0),
+                last_success: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// The state file's path.
+    pub fn path(&self) -> PathBuf {
+        self.inner.dir.join(STATE_FILE)
+    }
+
+    /// Reads the state file, if any, into the store. A file that is not a
+    /// valid state is renamed aside and reported in the result; only an
+    /// I/O error (unreadable file, failed rename) is an `Err`.
+    pub fn load(&self) -> Result<Loaded, Error> {
+        let path = self.path();
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(err) => return Err(at(&path)(err)),
+        };
+        let reason = match serde_json::from_slice::<State>(&bytes) {
+            Ok(state) if state.format == FORMAT && state.version == VERSION => {
+                return Ok(Loaded::Restored(self.inner.store.import(state)));
+            }
+            Ok(state) => format!(
+                "format {:?} version {} is not {FORMAT:?} version {VERSION}",
+                state.format, state.version
+            ),
+            Err(err) => format!("not a valid state file: {err}"),
+        };
+        let moved_to = self
+            .inner
+            .dir
+            .join(format!("{STATE_FILE}.corrupt-{}", SystemClock.now()));
+        fs::rename(&path, &moved_to).map_err(at(&path))?;
+        Ok(Loaded::SetAside { reason, moved_to })
+    }
+
+    /// Writes the store's state now (blocking: call it from a blocking
+    /// thread in async code). Returns the number of bytes written.
+    pub fn save(&self) -> Result<u64, Error> {
+        let _writing = self.inner.writing.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.inner.store.export();
+        let result = self.write(&state);
+        match &result {
+            Ok(_) => {
+                self.inner.writes.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .last_success
+                    .store(state.written_at, Ordering::Relaxed);
+            }
+            Err(_) => {
+                self.inner.failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    fn write(&self, state: &State) -> Result<u64, Error> {
+        let path = self.path();
+        let tmp = self.inner.dir.join(format!("{STATE_FILE}.tmp"));
+        let file = File::create(&tmp).map_err(at(&tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 16, file);
+        serde_json::to_writer(&mut out, state).map_err(|e| at(&tmp)(e.into()))?;
+        out.flush().map_err(at(&tmp))?;
+        let file = out.into_inner().map_err(|e| at(&tmp)(e.into_error()))?;
+        file.sync_all().map_err(at(&tmp))?;
+        let bytes = file.metadata().map_err(at(&tmp))?.len();
+        drop(file);
+        fs::rename(&tmp, &path).map_err(at(&path))?;
+        // Make the rename itself durable.
+        File::open(&self.inner.dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(at(&self.inner.dir))?;
+        Ok(bytes)
+    }
+
+    /// [`Persister::save`] on a blocking thread, logging the outcome.
+    pub async fn save_now(&self) -> Result<u64, Error> {
+        let this = self.clone();
+        let result = tokio::task::spawn_blocking(move || this.save())
+            .await
+            .unwrap_or_else(|err| {
+                Err(Error {
+                    path: self.path(),
+                    source: io::Error::other(format!("writer panicked: {err}")),
+                })
+            });
+        match &result {
+            Ok(bytes) => {
+                tracing::debug!(bytes, path = %self.path().display(), "presence state written")
+            }
+            Err(err) => error!(%err, "cannot write the presence state; the previous file is kept"),
+        }
+        result
+    }
+
+    /// Writes the state every `every` until `cancel`.
+    pub async fn run(self, every: Duration, cancel: CancellationToken) {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await; // the first tick is immediate; the state was just loaded
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => {}
+                () = cancel.cancelled() => return,
+            }
+            let _ = self.save_now().await;
+        }
+    }
+
+    /// Writes so far.
+    pub fn counts(&self) -> PersistCounts {
+        PersistCounts {
+            writes: self.inner.writes.load(Ordering::Relaxed),
+            failures: self.inner.failures.load(Ordering::Relaxed),
+            last_success: self.inner.last_success.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Logs what [`Persister::load`] found.
+pub fn report(loaded: &Loaded, path: &Path) {
+    match loaded {
+        Loaded::Missing => info!(path = %path.display(), "no saved presence state; starting empty"),
+        Loaded::Restored(r) => info!(
+            path = %path.display(),
+            rooms = r.rooms,
+            users = r.users,
+            sessions = r.sessions,
+            written_at_ms = r.written_at,
+            "presence state restored"
+        ),
+        Loaded::SetAside { reason, moved_to } => warn!(
+            path = %path.display(),
+            moved_to = %moved_to.display(),
+            %reason,
+            "saved presence state is unreadable; set aside, starting empty"
+        ),
+    }
+}
