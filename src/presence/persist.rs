@@ -331,3 +331,150 @@ pub fn report(loaded: &Loaded, path: &Path) {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::presence::{Limits, ManualClock};
+
+    const T0: Millis = 1_700_000_000_000;
+
+    fn store(clock: &ManualClock) -> Memory {
+        Memory::new(Limits::default(), Arc::new(clock.clone()))
+    }
+
+    fn online(store: &Memory, room: &str) -> Vec<(String, bool)> {
+        store
+            .list_room(room, false, 0)
+            .unwrap()
+            .users
+            .iter()
+            .map(|u| (u.user_id.to_string(), u.online()))
+            .collect()
+    }
+
+    #[test]
+    fn a_restored_session_gets_one_interval_of_grace_after_its_deadline_passed() {
+        let clock = ManualClock::new(T0);
+        let before = store(&clock);
+        let ten = Duration::from_secs(10);
+        before.heartbeat("r", "alice", "a1", ten).unwrap();
+        before.heartbeat("r", "bob", "b1", ten).unwrap();
+        before.heartbeat("r", "carol", "c1", ten).unwrap();
+        clock.advance(1000);
+        before.disconnect("r", "bob", "b1");
+        let mut data = serde_json::Map::new();
+        data.insert("typing".into(), true.into());
+        before.update_room_user("r", "alice", data.clone()).unwrap();
+        let version = before.list_room("r", false, 0).unwrap().version;
+        let state = before.export();
+
+        // Down for a minute: every deadline (25 s) has passed.
+        clock.advance(60_000);
+        let after = store(&clock);
+        let restored = after.import(state);
+        assert_eq!((restored.rooms, restored.users, restored.sessions), (1, 3, 2));
+        let snapshot = after.list_room("r", false, 0).unwrap();
+        assert!(snapshot.version >= version, "versions only grow");
+        assert_eq!(
+            online(&after, "r"),
+            [("alice".into(), true), ("carol".into(), true), ("bob".into(), false)]
+        );
+        assert_eq!(snapshot.users[0].data.as_deref(), Some(&data));
+        assert_eq!(snapshot.users[2].last_disconnected, Some(T0 + 1000));
+        assert_eq!(after.stats().sessions, 2);
+
+        // One interval (10 s) of grace: alive at 9.9 s, gone after 10 s.
+        clock.advance(9_900);
+        after.sweep();
+        assert_eq!(after.stats().sessions, 2);
+        after.heartbeat("r", "alice", "a1", ten).unwrap(); // alice came back
+        clock.advance(200);
+        after.sweep();
+        assert_eq!(
+            online(&after, "r"),
+            [("alice".into(), true), ("carol".into(), false), ("bob".into(), false)]
+        );
+        // The restored session id still belongs to its room.
+        assert!(after.heartbeat("other", "alice", "a1", ten).is_err());
+        assert!(after.list_room("r", false, 0).unwrap().version > snapshot.version);
+    }
+
+    #[test]
+    fn an_unexpired_session_keeps_its_later_deadline() {
+        let clock = ManualClock::new(T0);
+        let before = store(&clock);
+        before
+            .heartbeat("r", "u", "s", Duration::from_secs(100))
+            .unwrap();
+        let state = before.export();
+        clock.advance(1000);
+        let after = store(&clock);
+        after.import(state);
+        // Deadline T0 + 250 s, beyond now + one interval (100 s).
+        clock.advance(200_000);
+        after.sweep();
+        assert_eq!(after.stats().sessions, 1);
+        clock.advance(50_000);
+        after.sweep();
+        assert_eq!(after.stats().sessions, 0);
+    }
+
+    #[test]
+    fn files_round_trip_and_bad_files_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(T0);
+        let before = store(&clock);
+        before
+            .heartbeat("room", "user", "session", Duration::from_secs(10))
+            .unwrap();
+        let persister = Persister::new(dir.path(), before).unwrap();
+        let bytes = persister.save().unwrap();
+        assert!(bytes > 0);
+        assert_eq!(persister.counts().writes, 1);
+        let good = fs::read(persister.path()).unwrap();
+
+        let after = Persister::new(dir.path(), store(&clock)).unwrap();
+        match after.load().unwrap() {
+            Loaded::Restored(r) => assert_eq!(r.sessions, 1),
+            other => panic!("{other:?}"),
+        }
+
+        for (name, bad) in [
+            ("truncated", good[..good.len() / 2].to_vec()),
+            ("garbage", b"\x00\xffnot json".to_vec()),
+            ("other version", good.clone().replace_version()),
+            ("empty", Vec::new()),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let persister = Persister::new(dir.path(), store(&clock)).unwrap();
+            fs::write(persister.path(), &bad).unwrap();
+            match persister.load().unwrap() {
+                Loaded::SetAside { moved_to, .. } => {
+                    assert_eq!(fs::read(&moved_to).unwrap(), bad, "{name}: kept as it was");
+                    assert!(!persister.path().exists(), "{name}");
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+            assert_eq!(persister.inner.store.stats().sessions, 0, "{name}");
+            // And the next start finds no file: a first start.
+            assert!(matches!(persister.load().unwrap(), Loaded::Missing));
+        }
+    }
+
+    trait ReplaceVersion {
+        fn replace_version(self) -> Vec<u8>;
+    }
+
+    impl ReplaceVersion for Vec<u8> {
+        fn replace_version(self) -> Vec<u8> {
+            String::from_utf8(self)
+                .unwrap()
+                .replacen("\"version\":1,", "\"version\":99,", 1)
+                .into_bytes()
+        }
+    }
+}
