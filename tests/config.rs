@@ -38,7 +38,10 @@ fn effective(out: &Output) -> std::collections::HashMap<String, (String, String)
             let (key, value) = setting.split_once(" = ").unwrap();
             (
                 key.trim().to_owned(),
-                (value.trim().trim_matches('"').to_owned(), source.trim().to_owned()),
+                (
+                    value.trim().trim_matches('"').to_owned(),
+                    source.trim().to_owned(),
+                ),
             )
         })
         .collect()
@@ -69,9 +72,17 @@ fn flag_beats_env_beats_file_beats_default() {
         assert_eq!(got[key], (value.to_owned(), source.to_owned()), "{key}");
     };
     expect("retention", "3h", "flag");
-    expect("keepalive_interval", "8s", "env PRESENCE_KEEPALIVE_INTERVAL");
+    expect(
+        "keepalive_interval",
+        "8s",
+        "env PRESENCE_KEEPALIVE_INTERVAL",
+    );
     expect("max_id_bytes", "100", "file");
-    expect("cors_allowed_origins", "https://a.example,https://b.example", "file");
+    expect(
+        "cors_allowed_origins",
+        "https://a.example,https://b.example",
+        "file",
+    );
     expect("allow_unauthenticated_public", "true", "file");
     expect("min_interval", "1s", "default");
     expect("listen", "127.0.0.1:50051", "default");
@@ -80,7 +91,10 @@ fn flag_beats_env_beats_file_beats_default() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("secret"));
 
     // The file named by the environment works the same way.
-    let got = effective(&presenced(&["--check-config"], &[("PRESENCE_CONFIG", path)]));
+    let got = effective(&presenced(
+        &["--check-config"],
+        &[("PRESENCE_CONFIG", path)],
+    ));
     assert_eq!(got["retention"], ("1h".into(), "file".into()));
     // RUST_LOG is the log filter's environment variable.
     let got = effective(&presenced(&["--check-config"], &[("RUST_LOG", "debug")]));
@@ -96,24 +110,114 @@ fn every_invalid_value_is_refused_naming_its_key() {
         says: &'static [&'static str],
     }
     let cases = [
-        Case { args: &[], env: &[], file: Some("retention = \"soon\""), says: &["retention", "soon"] },
-        Case { args: &[], env: &[], file: Some("nope = 1"), says: &["unknown key `nope`"] },
-        Case { args: &[], env: &[], file: Some("max_id_bytes = \"lots\""), says: &["max_id_bytes", "lots"] },
-        Case { args: &[], env: &[], file: Some("allow_unauthenticated_public = 3"), says: &["allow_unauthenticated_public", "true or false"] },
-        Case { args: &[], env: &[], file: Some("listen = [1, 2]"), says: &["listen"] },
-        Case { args: &[], env: &[], file: Some("max_connection_age = { a = 1 }"), says: &["max_connection_age"] },
-        Case { args: &[], env: &[], file: Some("retention = "), says: &["config file"] },
-        Case { args: &[], env: &[], file: Some("config = \"other.toml\""), says: &["unknown key `config`"] },
-        Case { args: &[], env: &[], file: Some("token_key = \"short\""), says: &["--token-key", "at least 32"] },
-        Case { args: &[], env: &[("PRESENCE_KEEPALIVE_TIMEOUT", "abc")], file: None, says: &["--keepalive-timeout", "abc"] },
-        Case { args: &[], env: &[("PRESENCE_LOG_FORMAT", "xml")], file: None, says: &["--log-format", "xml"] },
-        Case { args: &["--listen", "nowhere"], env: &[], file: None, says: &["--listen", "nowhere"] },
-        Case { args: &["--min-interval", "10m", "--max-interval", "1m"], env: &[], file: None, says: &["--min-interval", "--max-interval"] },
-        Case { args: &["--log-filter", "presenced=loud"], env: &[], file: None, says: &["--log-filter"] },
-        Case { args: &["--persist-interval", "0s"], env: &[], file: None, says: &["--persist-interval"] },
-        Case { args: &["--max-connection-age", "0s"], env: &[], file: None, says: &["--max-connection-age"] },
-        Case { args: &["--keepalive-interval", "0s"], env: &[], file: None, says: &["--keepalive-interval"] },
-        Case { args: &["--config", "/nonexistent/presenced.toml"], env: &[], file: None, says: &["config file", "/nonexistent/presenced.toml"] },
+        Case {
+            args: &[],
+            env: &[],
+            file: Some("retention = \"soon\""),
+            says: &["retention", "soon"],
+        },
+        Case {
+            args: &[],
+            env: &[],
+            file: Some("nope = 1"),
+            says: &["unknown key `nope`"],
+        },
+        Case {
+            args: &[],
+            env: &[],
+            file: Some("max_id_bytes = \"lots\""),
+            says: &["max_id_bytes", "lots"],
+        },
+        Case {
+            args: &[],
+            env: &[],
+            file: Some("allow_unauthenticated_public = 3"),
+            says: &["allow_unauthenticated_public", "true or false"],
+        },
+        Case {
+            args: &[],
+            env: &[],
+            file: Some("listen = [1, 2]"),
+            says: &["listen"],
+        },
+        Case {
+            args: &[],
+            env: &[],
+            file: Some("max_connection_age = { a = 1 }"),
+            says: &["max_connection_age"],
+        },
+        Case {
+            args: &[],
+            env: &[],
+            file: Some("retention = "),
+            says: &["config file"],
+        },
+        Case {
+            args: &[],
+            env: &[],
+            file: Some("config = \"other.toml\""),
+            says: &["unknown key `config`"],
+        },
+        Case {
+            args: &[],
+            env: &[],
+            file: Some("token_key = \"short\""),
+            says: &["--token-key", "at least 32"],
+        },
+        Case {
+            args: &[],
+            env: &[("PRESENCE_KEEPALIVE_TIMEOUT", "abc")],
+            file: None,
+            says: &["--keepalive-timeout", "abc"],
+        },
+        Case {
+            args: &[],
+            env: &[("PRESENCE_LOG_FORMAT", "xml")],
+            file: None,
+            says: &["--log-format", "xml"],
+        },
+        Case {
+            args: &["--listen", "nowhere"],
+            env: &[],
+            file: None,
+            says: &["--listen", "nowhere"],
+        },
+        Case {
+            args: &["--min-interval", "10m", "--max-interval", "1m"],
+            env: &[],
+            file: None,
+            says: &["--min-interval", "--max-interval"],
+        },
+        Case {
+            args: &["--log-filter", "presenced=loud"],
+            env: &[],
+            file: None,
+            says: &["--log-filter"],
+        },
+        Case {
+            args: &["--persist-interval", "0s"],
+            env: &[],
+            file: None,
+            says: &["--persist-interval"],
+        },
+        Case {
+            args: &["--max-connection-age", "0s"],
+            env: &[],
+            file: None,
+            says: &["--max-connection-age"],
+        },
+        Case {
+            args: &["--keepalive-interval", "0s"],
+            env: &[],
+            file: None,
+            says: &["--keepalive-interval"],
+        },
+        Case {
+            args: &["--config", "/nonexistent/presenced.toml"],
+            env: &[],
+            file: None,
+            says: &["config file", "/nonexistent/presenced.toml"],
+        },
     ];
     for case in cases {
         let config = case.file.map(file);
@@ -124,9 +228,17 @@ fn every_invalid_value_is_refused_naming_its_key() {
         args.extend(case.args);
         let out = presenced(&args, case.env);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} {:?} was accepted", case.env);
+        assert!(
+            !out.status.success(),
+            "{args:?} {:?} was accepted",
+            case.env
+        );
         for needle in case.says {
-            assert!(stderr.contains(needle), "{args:?} {:?}: {needle:?} not in {stderr}", case.file);
+            assert!(
+                stderr.contains(needle),
+                "{args:?} {:?}: {needle:?} not in {stderr}",
+                case.file
+            );
         }
     }
 }
@@ -143,8 +255,14 @@ fn help_lists_every_setting_with_its_environment_variable() {
         ("--log-filter", "RUST_LOG"),
         ("--keepalive-interval", "PRESENCE_KEEPALIVE_INTERVAL"),
         ("--max-connection-age", "PRESENCE_MAX_CONNECTION_AGE"),
-        ("--max-connection-age-grace", "PRESENCE_MAX_CONNECTION_AGE_GRACE"),
-        ("--max-streams-per-connection", "PRESENCE_MAX_STREAMS_PER_CONNECTION"),
+        (
+            "--max-connection-age-grace",
+            "PRESENCE_MAX_CONNECTION_AGE_GRACE",
+        ),
+        (
+            "--max-streams-per-connection",
+            "PRESENCE_MAX_STREAMS_PER_CONNECTION",
+        ),
         ("--data-dir", "PRESENCE_DATA_DIR"),
         ("--persist-interval", "PRESENCE_PERSIST_INTERVAL"),
         ("--config", "PRESENCE_CONFIG"),
@@ -160,9 +278,13 @@ fn the_library_loader_applies_the_same_rules() {
     let config = file("retention = \"90m\"\nmax_connection_age = \"5m\"\n");
     let path = config.path().to_str().unwrap();
     let loaded =
-        presenced::Config::load_from(["presenced", "--config", path, "--max-id-bytes", "42"]).unwrap();
+        presenced::Config::load_from(["presenced", "--config", path, "--max-id-bytes", "42"])
+            .unwrap();
     assert_eq!(loaded.retention, std::time::Duration::from_secs(90 * 60));
-    assert_eq!(loaded.max_connection_age, Some(std::time::Duration::from_secs(300)));
+    assert_eq!(
+        loaded.max_connection_age,
+        Some(std::time::Duration::from_secs(300))
+    );
     assert_eq!(loaded.max_id_bytes, 42);
     let err = presenced::Config::load_from(["presenced", "--config", path, "--max-id-bytes", "0"])
         .unwrap_err();

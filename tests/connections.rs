@@ -97,7 +97,10 @@ async fn a_peer_that_stops_answering_pings_loses_its_watch_streams() {
         Duration::from_millis(2500),
         "the silent client's stream is still held"
     );
-    assert!(open.elapsed() >= Duration::from_millis(500), "released too early");
+    assert!(
+        open.elapsed() >= Duration::from_millis(500),
+        "released too early"
+    );
     // The healthy watcher still works well after several ping rounds.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     join(&mut client, "r", "v", "sv").await;
@@ -166,19 +169,28 @@ async fn connections_close_at_max_age_and_a_reconnecting_watcher_sees_no_gap() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let (streams, seen) = watcher.await.unwrap();
-    assert!(streams >= 3, "the connection was closed at its age only {streams} times");
+    assert!(
+        streams >= 3,
+        "the connection was closed at its age only {streams} times"
+    );
     // Versions never go back (a new stream's first snapshot may repeat the
     // last one seen, version and all), and nobody ever disappears from the
     // listing: each snapshot holds every user of the one before.
     for pair in seen.windows(2) {
         let (v0, v1) = (pair[0].version, pair[1].version);
-        assert!(v1 > v0 || (v1 == v0 && pair[1] == pair[0]), "{v0} then {v1}");
+        assert!(
+            v1 > v0 || (v1 == v0 && pair[1] == pair[0]),
+            "{v0} then {v1}"
+        );
         let before: Vec<_> = users(&pair[0]);
         let after: Vec<_> = users(&pair[1]);
         assert!(after.starts_with(&before), "{before:?} then {after:?}");
     }
     let last = seen.last().unwrap();
-    assert_eq!(last.online_count as usize, joined, "the last snapshot has everyone");
+    assert_eq!(
+        last.online_count as usize, joined,
+        "the last snapshot has everyone"
+    );
 }
 
 #[tokio::test]
@@ -191,7 +203,8 @@ async fn slow_http1_headers_are_cut_off() {
     // Let the server start reading the head, then jump past the timeout.
     tokio::time::sleep(Duration::from_millis(200)).await;
     tokio::time::pause();
-    tokio::time::advance(presenced::config::HTTP1_HEADER_READ_TIMEOUT + Duration::from_secs(1)).await;
+    tokio::time::advance(presenced::config::HTTP1_HEADER_READ_TIMEOUT + Duration::from_secs(1))
+        .await;
     tokio::time::resume();
     let mut buf = [0u8; 256];
     let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
@@ -222,7 +235,11 @@ async fn the_stream_limit_per_connection_holds() {
     // A third stream on the same connection waits for a free slot.
     let mut third_client = client.clone();
     let third = tokio::spawn(async move {
-        let mut stream = third_client.watch_room(request()).await.unwrap().into_inner();
+        let mut stream = third_client
+            .watch_room(request())
+            .await
+            .unwrap()
+            .into_inner();
         stream.message().await.unwrap().unwrap()
     });
     tokio::time::sleep(Duration::from_millis(300)).await;

@@ -48,7 +48,9 @@ async fn start(tweak: impl FnOnce(&mut Config)) -> Served {
 async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await
         .unwrap();
     let mut raw = String::new();
@@ -59,9 +61,17 @@ async fn http_get(addr: SocketAddr, path: &str) -> (String, String, String) {
     let (head, body) = raw.split_once("\r\n\r\n").unwrap();
     let content_type = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
         .unwrap_or_default();
-    (head.lines().next().unwrap().to_owned(), content_type, body.to_owned())
+    (
+        head.lines().next().unwrap().to_owned(),
+        content_type,
+        body.to_owned(),
+    )
 }
 
 /// Samples of a text exposition: `name{labels}` → value.
@@ -80,9 +90,12 @@ async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
 }
 
 fn get(samples: &HashMap<String, f64>, key: &str) -> f64 {
-    *samples
-        .get(key)
-        .unwrap_or_else(|| panic!("{key} missing; have {:#?}", samples.keys().collect::<Vec<_>>()))
+    *samples.get(key).unwrap_or_else(|| {
+        panic!(
+            "{key} missing; have {:#?}",
+            samples.keys().collect::<Vec<_>>()
+        )
+    })
 }
 
 const SVC: &str = "service=\"presence.v1.PresenceService\"";
@@ -151,7 +164,10 @@ async fn counters_and_gauges_follow_a_scripted_workload() {
         .await
         .unwrap();
     // Rejected: an empty room id, and a forged room token.
-    let err = client.heartbeat(heartbeat("", "x", "y", 10)).await.unwrap_err();
+    let err = client
+        .heartbeat(heartbeat("", "x", "y", 10))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let err = client
         .list(pb::ListRequest {
@@ -171,7 +187,9 @@ async fn counters_and_gauges_follow_a_scripted_workload() {
     let delivered_to_us = {
         let mut n = 1;
         while let Ok(Some(Ok(_))) =
-            tokio::time::timeout(Duration::from_millis(100), watch.message()).await.map(|m| m.transpose())
+            tokio::time::timeout(Duration::from_millis(100), watch.message())
+                .await
+                .map(|m| m.transpose())
         {
             n += 1;
         }
@@ -180,15 +198,42 @@ async fn counters_and_gauges_follow_a_scripted_workload() {
 
     let m = scrape(server.admin).await;
     // 14 joins (alice, bob×2, u0..u9, carol) + 1 invalid.
-    assert_eq!(get(&m, &rpc("rpc_handled_total", "Heartbeat", Some("OK"))), 14.0);
-    assert_eq!(get(&m, &rpc("rpc_handled_total", "Heartbeat", Some("INVALID_ARGUMENT"))), 1.0);
+    assert_eq!(
+        get(&m, &rpc("rpc_handled_total", "Heartbeat", Some("OK"))),
+        14.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            &rpc("rpc_handled_total", "Heartbeat", Some("INVALID_ARGUMENT"))
+        ),
+        1.0
+    );
     assert_eq!(get(&m, &rpc("rpc_started_total", "Heartbeat", None)), 15.0);
-    assert_eq!(get(&m, &rpc("rpc_duration_seconds_count", "Heartbeat", None)), 15.0);
+    assert_eq!(
+        get(&m, &rpc("rpc_duration_seconds_count", "Heartbeat", None)),
+        15.0
+    );
     assert!(get(&m, &rpc("rpc_duration_seconds_sum", "Heartbeat", None)) > 0.0);
-    assert_eq!(get(&m, &rpc("rpc_handled_total", "Disconnect", Some("OK"))), 1.0);
-    assert_eq!(get(&m, &rpc("rpc_handled_total", "List", Some("INVALID_ARGUMENT"))), 1.0);
+    assert_eq!(
+        get(&m, &rpc("rpc_handled_total", "Disconnect", Some("OK"))),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            &rpc("rpc_handled_total", "List", Some("INVALID_ARGUMENT"))
+        ),
+        1.0
+    );
     assert_eq!(get(&m, &rpc("rpc_started_total", "WatchRoom", None)), 1.0);
-    assert_eq!(get(&m, "presenced_requests_rejected_total{reason=\"invalid_argument\"}"), 2.0);
+    assert_eq!(
+        get(
+            &m,
+            "presenced_requests_rejected_total{reason=\"invalid_argument\"}"
+        ),
+        2.0
+    );
     assert_eq!(get(&m, "presenced_store_errors_total"), 0.0);
 
     // alice, bob (b2), u0..u9 are online; carol expired.
@@ -197,17 +242,32 @@ async fn counters_and_gauges_follow_a_scripted_workload() {
     assert_eq!(get(&m, "presenced_rooms"), 1.0);
     assert_eq!(get(&m, "presenced_watch_streams"), 1.0);
     assert_eq!(get(&m, "presenced_sessions_created_total"), 14.0);
-    assert_eq!(get(&m, "presenced_sessions_ended_total{reason=\"disconnect\"}"), 1.0);
-    assert_eq!(get(&m, "presenced_sessions_ended_total{reason=\"expired\"}"), 1.0);
+    assert_eq!(
+        get(&m, "presenced_sessions_ended_total{reason=\"disconnect\"}"),
+        1.0
+    );
+    assert_eq!(
+        get(&m, "presenced_sessions_ended_total{reason=\"expired\"}"),
+        1.0
+    );
     let built = get(&m, "presenced_snapshots_built_total");
     let coalesced = get(&m, "presenced_snapshots_coalesced_total");
     let delivered = get(&m, "presenced_snapshots_delivered_total");
     // 13 joins and a leave changed the listing, but the 300 ms window
     // folded most of them together.
     assert!(coalesced >= 5.0, "coalesced {coalesced}");
-    assert!(built >= 2.0 && built + coalesced <= 16.0, "built {built}, coalesced {coalesced}");
-    assert!(delivered >= delivered_to_us as f64, "delivered {delivered} < {delivered_to_us}");
-    assert!(delivered <= built, "one watcher gets each snapshot at most once");
+    assert!(
+        built >= 2.0 && built + coalesced <= 16.0,
+        "built {built}, coalesced {coalesced}"
+    );
+    assert!(
+        delivered >= delivered_to_us as f64,
+        "delivered {delivered} < {delivered_to_us}"
+    );
+    assert!(
+        delivered <= built,
+        "one watcher gets each snapshot at most once"
+    );
 
     // The watcher goes away: the gauge drops and the stream is counted as
     // cancelled by the client.
@@ -275,7 +335,13 @@ async fn unknown_paths_share_one_series_and_the_beacon_is_counted() {
         get(&m, "presenced_rpc_handled_total{service=\"http\",method=\"/v1/disconnect\",code=\"INVALID_ARGUMENT\"}"),
         1.0
     );
-    assert_eq!(get(&m, "presenced_requests_rejected_total{reason=\"unimplemented\"}"), 1.0);
+    assert_eq!(
+        get(
+            &m,
+            "presenced_requests_rejected_total{reason=\"unimplemented\"}"
+        ),
+        1.0
+    );
     server.stop.cancel();
     server.task.await.unwrap().unwrap();
 }

@@ -160,9 +160,17 @@ async fn kill_9_loses_nothing_before_the_last_write_and_nobody_leaves() {
     let port = free_port();
     let mut child = spawn(port, dir.path(), Stdio::null());
     let mut client = connect(port).await;
-    let tokens = client.heartbeat(beat("alice", "a1")).await.unwrap().into_inner();
+    let tokens = client
+        .heartbeat(beat("alice", "a1"))
+        .await
+        .unwrap()
+        .into_inner();
     client.heartbeat(beat("bob", "b1")).await.unwrap();
-    let carol = client.heartbeat(beat("carol", "c1")).await.unwrap().into_inner();
+    let carol = client
+        .heartbeat(beat("carol", "c1"))
+        .await
+        .unwrap()
+        .into_inner();
     client
         .update_room_user(pb::UpdateRoomUserRequest {
             room_id: "r".into(),
@@ -228,7 +236,11 @@ async fn kill_9_loses_nothing_before_the_last_write_and_nobody_leaves() {
         .unwrap()
         .into_inner();
     let first = watch.message().await.unwrap().unwrap().snapshot.unwrap();
-    assert_eq!(users(&first), users(&before), "everyone came back as they were");
+    assert_eq!(
+        users(&first),
+        users(&before),
+        "everyone came back as they were"
+    );
     assert_eq!(first.users, before.users, "data and offline times too");
     assert!(first.version >= before.version);
 
@@ -237,7 +249,10 @@ async fn kill_9_loses_nothing_before_the_last_write_and_nobody_leaves() {
     let until = Instant::now() + Duration::from_secs(3);
     while let Ok(message) = tokio::time::timeout_at(until.into(), watch.message()).await {
         let snapshot = message.unwrap().unwrap().snapshot.unwrap();
-        assert_eq!(snapshot.online_count, 2, "a leave across the restart: {snapshot:?}");
+        assert_eq!(
+            snapshot.online_count, 2,
+            "a leave across the restart: {snapshot:?}"
+        );
     }
     heartbeats.abort();
     child.kill().unwrap();
@@ -247,10 +262,18 @@ async fn kill_9_loses_nothing_before_the_last_write_and_nobody_leaves() {
 #[tokio::test]
 async fn a_corrupt_state_file_is_set_aside_and_the_service_starts() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(STATE_FILE), b"{\"format\":\"presenced-state\",\"vers").unwrap();
+    std::fs::write(
+        dir.path().join(STATE_FILE),
+        b"{\"format\":\"presenced-state\",\"vers",
+    )
+    .unwrap();
     let port = free_port();
     let log = dir.path().join("stderr.log");
-    let mut child = spawn(port, dir.path(), Stdio::from(std::fs::File::create(&log).unwrap()));
+    let mut child = spawn(
+        port,
+        dir.path(),
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
     let mut client = connect(port).await;
     join(&mut client, "r", "u", "s").await;
     let set_aside: Vec<_> = std::fs::read_dir(dir.path())
@@ -260,21 +283,37 @@ async fn a_corrupt_state_file_is_set_aside_and_the_service_starts() {
         .collect();
     assert_eq!(set_aside.len(), 1, "{set_aside:?}");
     let kept = std::fs::read(dir.path().join(&set_aside[0])).unwrap();
-    assert_eq!(kept, b"{\"format\":\"presenced-state\",\"vers", "kept as it was");
+    assert_eq!(
+        kept, b"{\"format\":\"presenced-state\",\"vers",
+        "kept as it was"
+    );
 
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    assert!(child.wait().unwrap().success());
+    assert!(exited(&mut child).await.success());
     let logs = std::fs::read_to_string(&log).unwrap();
     assert!(
-        logs.lines().any(|l| l.contains("\"level\":\"WARN\"") && l.contains("set aside")),
+        logs.lines()
+            .any(|l| l.contains("\"level\":\"WARN\"") && l.contains("set aside")),
         "{logs}"
     );
     // The graceful stop wrote a fresh, valid state.
     let state = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
     assert!(state.contains("\"format\":\"presenced-state\""));
     assert!(state.contains("\"id\":\"u\""));
+}
+
+/// Waits for the child without blocking the runtime (which still drives
+/// this test's client connections, so they can close when told to).
+async fn exited(child: &mut std::process::Child) -> std::process::ExitStatus {
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("presenced did not exit within 15 s");
 }

@@ -376,12 +376,19 @@ mod tests {
         clock.advance(60_000);
         let after = store(&clock);
         let restored = after.import(state);
-        assert_eq!((restored.rooms, restored.users, restored.sessions), (1, 3, 2));
+        assert_eq!(
+            (restored.rooms, restored.users, restored.sessions),
+            (1, 3, 2)
+        );
         let snapshot = after.list_room("r", false, 0).unwrap();
         assert!(snapshot.version >= version, "versions only grow");
         assert_eq!(
             online(&after, "r"),
-            [("alice".into(), true), ("carol".into(), true), ("bob".into(), false)]
+            [
+                ("alice".into(), true),
+                ("carol".into(), true),
+                ("bob".into(), false)
+            ]
         );
         assert_eq!(snapshot.users[0].data.as_deref(), Some(&data));
         assert_eq!(snapshot.users[2].last_disconnected, Some(T0 + 1000));
@@ -396,7 +403,11 @@ mod tests {
         after.sweep();
         assert_eq!(
             online(&after, "r"),
-            [("alice".into(), true), ("carol".into(), false), ("bob".into(), false)]
+            [
+                ("alice".into(), true),
+                ("carol".into(), false),
+                ("bob".into(), false)
+            ]
         );
         // The restored session id still belongs to its room.
         assert!(after.heartbeat("other", "alice", "a1", ten).is_err());

@@ -1,0 +1,184 @@
+//! Logs: JSON lines with `--log-format json`, one line per call (method,
+//! peer, status code, duration) at `presenced::rpc=debug`, and never a
+//! token or JWT, even at `trace`.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use presenced::grpc::pb;
+use presenced::grpc::pb::presence_service_client::PresenceServiceClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn beat(session: &str) -> pb::HeartbeatRequest {
+    pb::HeartbeatRequest {
+        room_id: "room".into(),
+        user_id: "user".into(),
+        session_id: session.into(),
+        interval: Some(prost_types::Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn json_logs_have_one_line_per_call_and_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    for _ in 0..400 {
+        if let Ok(c) = PresenceServiceClient::connect(format!("http://127.0.0.1:{port}")).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut client = client.expect("presenced starts");
+
+    let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2VjcmV0LXNpZ25hdHVyZQ";
+    let mut request = tonic::Request::new(beat("s1"));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {jwt}").parse().unwrap());
+    let one = client.heartbeat(request).await.unwrap().into_inner();
+    let two = client.heartbeat(beat("s2")).await.unwrap().into_inner();
+    client
+        .list(pb::ListRequest {
+            room_token: one.room_token.clone(),
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    let mut watch = client
+        .watch_room(pb::WatchRoomRequest {
+            room_token: one.room_token.clone(),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().unwrap();
+    client
+        .disconnect(pb::DisconnectRequest {
+            session_token: one.session_token.clone(),
+        })
+        .await
+        .unwrap();
+    // A forged token is refused, and not echoed into the logs either.
+    let forged = format!("{}x", two.session_token);
+    client
+        .disconnect(pb::DisconnectRequest {
+            session_token: forged.clone(),
+        })
+        .await
+        .unwrap_err();
+    // The beacon, over HTTP/1.1.
+    let mut beacon = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let body = &two.session_token;
+    beacon
+        .write_all(
+            format!(
+                "POST /v1/disconnect HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    beacon.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 204"), "{answer}");
+    drop(watch);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(client);
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(exited(&mut child).await.success());
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    for secret in [
+        one.room_token.as_str(),
+        one.session_token.as_str(),
+        two.session_token.as_str(),
+        forged.as_str(),
+        jwt,
+    ] {
+        // Any long piece of a secret would do; tokens are long random text.
+        let piece = &secret[secret.len().saturating_sub(24)..];
+        assert!(!logs.contains(piece), "a secret ({piece}) is in the logs");
+    }
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let calls: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["target"] == "presenced::rpc" && l["fields"]["message"] == "call finished")
+        .collect();
+    let find = |method: &str, code: &str| {
+        calls
+            .iter()
+            .find(|l| l["fields"]["method"] == method && l["fields"]["code"] == code)
+            .unwrap_or_else(|| panic!("no {method} {code} line in {calls:#?}"))
+    };
+    let heartbeat = find("Heartbeat", "OK");
+    assert_eq!(
+        heartbeat["fields"]["service"],
+        "presence.v1.PresenceService"
+    );
+    assert!(heartbeat["fields"]["peer"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(heartbeat["fields"]["duration_ms"].as_f64().unwrap() >= 0.0);
+    find("Disconnect", "UNAUTHENTICATED");
+    find("WatchRoom", "CANCELLED");
+    find("/v1/disconnect", "OK");
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|l| l["fields"]["method"] == "Heartbeat")
+            .count(),
+        2,
+        "one line per call"
+    );
+}
+
+/// Waits for the child without blocking the runtime (which still drives
+/// this test's client connections, so they can close when told to).
+async fn exited(child: &mut std::process::Child) -> std::process::ExitStatus {
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("presenced did not exit within 15 s");
+}
