@@ -99,8 +99,11 @@ where
             service,
             method,
             peer = %Peer(peer),
+            code = tracing::field::Empty,
+            duration_ms = tracing::field::Empty,
         );
         let record = Record {
+            span: span.clone(),
             layer: self.layer.clone(),
             service,
             method,
@@ -133,6 +136,8 @@ pub struct Recorded<B> {
 }
 
 struct Record {
+    /// The call's span; gets `code` and `duration_ms` when it ends.
+    span: tracing::Span,
     layer: TelemetryLayer,
     service: &'static str,
     method: &'static str,
@@ -217,6 +222,8 @@ impl Record {
             metrics.rejected.get_or_create(&[("reason", reason)]).inc();
         }
         let duration_ms = elapsed.as_secs_f64() * 1000.0;
+        self.span.record("code", name);
+        self.span.record("duration_ms", duration_ms);
         let peer = Peer(self.peer);
         if server_fault {
             tracing::warn!(target: "presenced::rpc", service = self.service, method = self.method, %peer, code = name, duration_ms, "call failed");
