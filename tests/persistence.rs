@@ -33,7 +33,7 @@ async fn a_graceful_restart_keeps_sessions_offline_users_data_and_versions() {
     let dir = tempfile::tempdir().unwrap();
     let configure = |c: &mut presenced::Config| {
         c.data_dir = Some(dir.path().to_owned());
-        c.token_key = Some(KEY.into());
+        c.token_keys = vec![KEY.into()];
     };
     let first = TestServer::with(configure).await;
     let mut client = first.client().await;
