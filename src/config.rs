@@ -535,11 +535,14 @@ impl Config {
     pub fn describe(&self) -> String {
         let mut out = String::new();
         for s in &self.origins {
-            let line = match &s.value {
-                Some(v) => format!("{} = {v:?}", s.key),
-                None => format!("# {} (unset)", s.key),
-            };
-            out.push_str(&format!("{line:<48} # {}\n", s.source));
+            match &s.value {
+                Some(v) => out.push_str(&format!(
+                    "{:<48} # {}\n",
+                    format!("{} = {v:?}", s.key),
+                    s.source
+                )),
+                None => out.push_str(&format!("# {} (unset)\n", s.key)),
+            }
         }
         out
     }

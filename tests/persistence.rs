@@ -317,3 +317,12 @@ async fn exited(child: &mut std::process::Child) -> std::process::ExitStatus {
     }
     panic!("presenced did not exit within 15 s");
 }
+
+#[test]
+fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let mut config = presenced::Config::defaults();
+    config.data_dir = Some(file.path().join("state"));
+    let err = presenced::App::new(config).err().expect("refused");
+    assert!(err.to_string().starts_with("--data-dir: "), "{err}");
+}
