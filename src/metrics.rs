@@ -163,7 +163,7 @@ impl Collector for EngineCollector {
             &mut enc,
             "presenced_online_users",
             "Online users, counted once per room they are online in",
-            stats.online_users as i64,
+            self.store.online_users() as i64,
         )?;
         gauge(
             &mut enc,

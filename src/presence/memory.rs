@@ -175,8 +175,6 @@ pub struct Stats {
     pub watchers: usize,
     /// Rooms held in memory (with users or watchers).
     pub rooms: usize,
-    /// Online users, counted once per room they are online in.
-    pub online_users: usize,
 }
 
 impl Memory {
@@ -749,21 +747,28 @@ impl Memory {
 
     /// Counts of live things.
     pub fn stats(&self) -> Stats {
-        let mut online_users = 0;
-        for shard in self.shared.rooms.iter() {
-            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            online_users += shard
-                .rooms
-                .values()
-                .map(|r| r.online as usize)
-                .sum::<usize>();
-        }
         Stats {
             sessions: self.shared.live_sessions.load(Ordering::Relaxed),
             watchers: self.shared.live_watchers.load(Ordering::Relaxed),
             rooms: self.shared.live_rooms.load(Ordering::Relaxed),
-            online_users,
         }
+    }
+
+    /// Online users, counted once per room they are online in. Visits every
+    /// room (one shard locked at a time): for metrics scrapes, not hot paths.
+    pub fn online_users(&self) -> usize {
+        self.shared
+            .rooms
+            .iter()
+            .map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+                shard
+                    .rooms
+                    .values()
+                    .map(|r| r.online as usize)
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// What this store has done since it started.
