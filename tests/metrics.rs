@@ -345,3 +345,42 @@ async fn unknown_paths_share_one_series_and_the_beacon_is_counted() {
     server.stop.cancel();
     server.task.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn the_binary_serves_metrics_on_metrics_listen() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    };
+    let (addr, admin) = (free(), free());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--metrics-listen",
+            &admin.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    for _ in 0..400 {
+        if let Ok(c) = PresenceServiceClient::connect(format!("http://{addr}")).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    join(&mut client.expect("presenced starts"), "r", "u", "s").await;
+    let m = scrape(admin).await;
+    assert_eq!(get(&m, "presenced_sessions"), 1.0);
+    assert_eq!(
+        get(&m, &rpc("rpc_handled_total", "Heartbeat", Some("OK"))),
+        1.0
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
