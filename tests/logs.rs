@@ -182,3 +182,104 @@ async fn exited(child: &mut std::process::Child) -> std::process::ExitStatus {
     }
     panic!("presenced did not exit within 15 s");
 }
+
+#[tokio::test]
+async fn jwts_and_service_secrets_never_reach_the_logs() {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use sha2::Digest;
+
+    const FIX: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    let service_secret = "svc_logs_test_secret_value_0123456789";
+    let hex: String = sha2::Sha256::digest(service_secret)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "json",
+        ])
+        .args([
+            "--jwt-hs256-secret-file",
+            &format!("{FIX}/jwt-hs256.secret"),
+        ])
+        .args([
+            "--jwt-issuer",
+            "https://idp.example",
+            "--jwt-audience",
+            "presence",
+        ])
+        .args(["--service-key", &format!("backend={hex}")])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    for _ in 0..400 {
+        if let Ok(c) = PresenceServiceClient::connect(format!("http://127.0.0.1:{port}")).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let mut client = client.expect("presenced starts");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({"sub": "user", "iss": "https://idp.example",
+        "aud": "presence", "exp": now + 600, "iat": now});
+    let secret = std::fs::read(format!("{FIX}/jwt-hs256.secret")).unwrap();
+    let jwt = encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(&secret),
+    )
+    .unwrap();
+    let bad_jwt = format!("{}AAAA", &jwt[..jwt.len() - 4]);
+    let authed = |bearer: &str, session: &str| {
+        let mut request = tonic::Request::new(beat(session));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {bearer}").parse().unwrap());
+        request
+    };
+    client.heartbeat(authed(&jwt, "s1")).await.unwrap();
+    client.heartbeat(authed(&bad_jwt, "s2")).await.unwrap_err();
+    client
+        .heartbeat(authed(service_secret, "s3"))
+        .await
+        .unwrap();
+    client
+        .heartbeat(authed("svc_wrong_secret_value_9876543210", "s4"))
+        .await
+        .unwrap_err();
+    drop(client);
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert!(exited(&mut child).await.success());
+
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.contains("authentication is on"), "the run had auth on");
+    for secret in [
+        jwt.as_str(),
+        bad_jwt.as_str(),
+        service_secret,
+        "svc_wrong_secret_value_9876543210",
+    ] {
+        let piece = &secret[secret.len().saturating_sub(20)..];
+        assert!(!logs.contains(piece), "a secret ({piece}) is in the logs");
+    }
+    // The JWT's signed claims part is not logged either.
+    let claims_part = jwt.split('.').nth(1).unwrap();
+    assert!(!logs.contains(&claims_part[..20]));
+}
