@@ -21,10 +21,6 @@ use crate::presence::{self, Limits};
 
 /// Default listen address: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
-/// Default HTTP/2 streams per connection.
-pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1024;
-/// Default largest request message, in bytes.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// HTTP/1.1 (grpc-web, beacon) connections must send a request's headers
 /// within this time. Fixed: hyper's default, which tonic enforces.
 pub const HTTP1_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -341,12 +337,12 @@ pub struct Config {
     /// Close connections older than this (HTTP/2 GOAWAY, then the grace
     /// period) so load balancers can rebalance long-lived watch streams;
     /// clients reconnect and resume. Unset: connections live on.
-    #[arg(long, env = "PRESENCE_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration, help_heading = "Connections")]
+    #[arg(long, env = "PRESENCE_MAX_CONNECTION_AGE", value_parser = humantime::parse_duration)]
     pub max_connection_age: Option<Duration>,
 
     /// After --max-connection-age, how long open calls and watch streams get
     /// before the connection is closed under them.
-    #[arg(long, env = "PRESENCE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Connections")]
+    #[arg(long, env = "PRESENCE_MAX_CONNECTION_AGE_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub max_connection_age_grace: Duration,
 
     /// At shutdown, how long open connections get to finish.
