@@ -78,7 +78,7 @@ pub struct Config {
         value_delimiter = ',',
         hide_env_values = true
     )]
-    pub token_keys: Vec<String>,
+    pub token_keys: Vec<Secret>,
 
     /// Lifetime of room tokens (heartbeats hand out fresh ones); `0s` = never
     /// expire.
@@ -394,6 +394,49 @@ pub struct Config {
     /// Where each value came from, filled by [`Config::load_from`].
     #[arg(skip)]
     pub origins: Vec<Setting>,
+}
+
+/// A configured secret: usable as bytes, never shown by `Debug`, so a
+/// logged `Config` cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl AsRef<[u8]> for Secret {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl Secret {
+    /// Its length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// One effective setting, for `--check-config`.

@@ -290,3 +290,16 @@ fn the_library_loader_applies_the_same_rules() {
         .unwrap_err();
     assert!(err.to_string().contains("--max-id-bytes"), "{err}");
 }
+
+#[test]
+fn debug_output_of_the_configuration_never_shows_a_token_key() {
+    let config = presenced::Config::load_from([
+        "presenced",
+        "--token-key",
+        "a very secret token key of at least 32 bytes",
+    ])
+    .unwrap();
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("a very secret token key"), "{shown}");
+    assert!(shown.contains("redacted"));
+}
