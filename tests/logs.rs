@@ -2,6 +2,8 @@
 //! peer, status code, duration) at `presenced::rpc=debug`, and never a
 //! token or JWT, even at `trace`.
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -9,13 +11,7 @@ use presenced::grpc::pb;
 use presenced::grpc::pb::presence_service_client::PresenceServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 fn beat(session: &str) -> pb::HeartbeatRequest {
     pb::HeartbeatRequest {

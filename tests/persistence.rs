@@ -118,14 +118,6 @@ async fn without_a_data_dir_nothing_is_written() {
     assert_eq!(again.store.stats().sessions, 0);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn spawn(port: u16, dir: &Path, stderr: Stdio) -> Child {
     Command::new(env!("CARGO_BIN_EXE_presenced"))
         .args(["--listen", &format!("127.0.0.1:{port}")])

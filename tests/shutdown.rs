@@ -72,14 +72,6 @@ async fn thousands_of_streams_end_with_unavailable_and_the_server_stops_in_time(
     );
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn the_binary_stops_cleanly_on_sigterm_and_sigint() {
     for signal in ["TERM", "INT"] {

@@ -82,6 +82,16 @@ impl Drop for TestServer {
     }
 }
 
+/// A TCP port that was free on 127.0.0.1 a moment ago, for tests that run
+/// the real binary (which must be told its port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn heartbeat(room: &str, user: &str, session: &str, secs: i64) -> pb::HeartbeatRequest {
     pb::HeartbeatRequest {
         room_id: room.into(),
