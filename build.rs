@@ -35,6 +35,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Hand-written so a watched snapshot is encoded once per change and
+        // shared by its watchers (see src/grpc/wire.rs).
+        .extern_path(
+            ".presence.v1.WatchRoomResponse",
+            "crate::grpc::wire::WatchRoomResponse",
+        )
+        .codec_path("crate::grpc::wire::Codec")
         .compile_fds(fds)?;
     Ok(())
 }

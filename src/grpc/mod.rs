@@ -6,6 +6,7 @@
 mod convert;
 mod service;
 mod status;
+mod wire;
 
 pub use service::PresenceApi;
 
@@ -13,6 +14,8 @@ pub use service::PresenceApi;
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod pb {
     tonic::include_proto!("presence.v1");
+
+    pub use super::wire::WatchRoomResponse;
 
     /// The encoded descriptor set of `presence.v1` and its imports, with
     /// source info (doc comments), for server reflection.

@@ -286,9 +286,8 @@ where
                             continue;
                         }
                     }
-                    let message = pb::WatchRoomResponse {
-                        snapshot: Some(convert::snapshot(&snapshot, this.limit)),
-                    };
+                    // Encoded once per change (and view), shared by watchers.
+                    let message = pb::WatchRoomResponse::shared(&snapshot, this.limit);
                     this.last = Some(snapshot);
                     return Poll::Ready(Some(Ok(message)));
                 }

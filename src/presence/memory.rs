@@ -87,9 +87,75 @@ type UserIndex = HashMap<Arc<str>, UserRooms>;
 #[derive(Default)]
 struct UserRooms {
     /// Rooms where the user is listed.
-    rooms: HashSet<Arc<str>>,
+    rooms: RoomSet,
     /// The user's live sessions across those rooms.
     sessions: usize,
+}
+
+/// The rooms where one user is listed. Nearly always one room, so one is
+/// held inline (no allocation, 24 bytes); a set only for several.
+#[derive(Default)]
+enum RoomSet {
+    #[default]
+    Empty,
+    One(Arc<str>),
+    // Boxed on purpose: keeps the enum at 24 bytes instead of 48 for the
+    // common case of one room.
+    #[allow(clippy::box_collection)]
+    Many(Box<HashSet<Arc<str>>>),
+}
+
+impl RoomSet {
+    fn insert(&mut self, room_id: Arc<str>) {
+        match self {
+            RoomSet::Empty => *self = RoomSet::One(room_id),
+            RoomSet::One(one) if *one == room_id => {}
+            RoomSet::One(one) => {
+                let set = HashSet::from([one.clone(), room_id]);
+                *self = RoomSet::Many(Box::new(set));
+            }
+            RoomSet::Many(set) => {
+                set.insert(room_id);
+            }
+        }
+    }
+
+    fn remove(&mut self, room_id: &str) {
+        match self {
+            RoomSet::One(one) if &**one == room_id => *self = RoomSet::Empty,
+            RoomSet::Many(set) => {
+                set.remove(room_id);
+                if set.len() <= 1 {
+                    *self = match set.iter().next() {
+                        Some(last) => RoomSet::One(last.clone()),
+                        None => RoomSet::Empty,
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            RoomSet::Empty => 0,
+            RoomSet::One(_) => 1,
+            RoomSet::Many(set) => set.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, RoomSet::Empty)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        let (one, many) = match self {
+            RoomSet::Empty => (None, None),
+            RoomSet::One(one) => (Some(one), None),
+            RoomSet::Many(set) => (None, Some(set.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
 }
 
 #[derive(Default)]
@@ -560,6 +626,7 @@ impl Memory {
                 online_count: 0,
                 total_count: 0,
                 version: version_floor(now),
+                memo: Default::default(),
             },
         })
     }
@@ -904,6 +971,7 @@ impl Room {
             online_count: self.online,
             total_count: self.users.len() as u32,
             version: self.version,
+            memo: Default::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! The engine's own vocabulary: what goes in (limits), what comes out
 //! (snapshots, room listings) and what can go wrong.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::clock::Millis;
@@ -195,6 +196,61 @@ pub struct Snapshot {
     pub total_count: u32,
     /// Grows with every change to the listing, across restarts.
     pub version: u64,
+    /// The edge's encodings of this snapshot, made once and shared by every
+    /// watcher it reaches. The engine never reads it.
+    pub memo: Memo,
+}
+
+/// What an edge derives from a snapshot (its wire encoding, per view), kept
+/// with the snapshot so that N watchers of a room cost one encoding per
+/// change, not N. Opaque to the engine: values are `Any`. A clone of a
+/// snapshot starts with an empty memo, and memos never affect equality.
+#[derive(Default)]
+pub struct Memo(Mutex<Vec<(u64, Arc<dyn Any + Send + Sync>)>>);
+
+/// Most views remembered per snapshot; more are computed each time.
+const MEMO_ENTRIES: usize = 8;
+
+impl Memo {
+    /// The value remembered under `key`, or `make()` (remembered when there
+    /// is room). `make` runs under the memo's lock, so concurrent callers
+    /// wait for one computation instead of repeating it.
+    pub fn get_or_insert_with<T>(&self, key: u64, make: impl FnOnce() -> T) -> T
+    where
+        T: Any + Clone + Send + Sync,
+    {
+        let mut entries = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(value) = entries
+            .iter()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.downcast_ref::<T>())
+        {
+            return value.clone();
+        }
+        let value = make();
+        if entries.len() < MEMO_ENTRIES {
+            entries.push((key, Arc::new(value.clone())));
+        }
+        value
+    }
+}
+
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Memo {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Memo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Memo")
+    }
 }
 
 impl Snapshot {
