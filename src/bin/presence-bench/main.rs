@@ -170,12 +170,23 @@ async fn run(cli: Cli, pin: server::Pinning) -> ExitCode {
         let name = format!("{s:?}").to_lowercase();
         eprintln!("== {name}");
         let start = Instant::now();
-        let r = match s {
-            Scenario::Heartbeat => scenarios::heartbeat(&ctx).await,
-            Scenario::Fanout => scenarios::fanout(&ctx).await,
-            Scenario::Storm => scenarios::storm(&ctx).await,
-            Scenario::Expiry => scenarios::expiry(&ctx).await,
-            Scenario::Memory => scenarios::memory(&ctx).await,
+        let scenario = async {
+            match s {
+                Scenario::Heartbeat => scenarios::heartbeat(&ctx).await,
+                Scenario::Fanout => scenarios::fanout(&ctx).await,
+                Scenario::Storm => scenarios::storm(&ctx).await,
+                Scenario::Expiry => scenarios::expiry(&ctx).await,
+                Scenario::Memory => scenarios::memory(&ctx).await,
+            }
+        };
+        // On SIGINT/SIGTERM the scenario is dropped, which stops its
+        // servers (they are children: nothing else would).
+        let r = tokio::select! {
+            r = scenario => r,
+            () = interrupted() => {
+                eprintln!("interrupted; servers stopped");
+                return ExitCode::FAILURE;
+            }
         };
         match &r {
             Ok(rep) => {
@@ -217,6 +228,16 @@ async fn run(cli: Cli, pin: server::Pinning) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn interrupted() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
 
