@@ -921,28 +921,37 @@ pub async fn expiry(ctx: &Ctx) -> Result<Report, String> {
     let live = Population::new(ctx, "live", 5, (others / 10).max(1), 600);
     let created = live.create(&clients, 0, others).await;
     rep.check("expiry: background sessions created", created.errors == 0);
-    // The expiring sessions: interval 2 s, deadline 5 s after their
-    // heartbeat. Creation time per session is recorded (its send time: the
-    // server's deadline is no earlier than send + 5 s).
-    let ttl = Duration::from_millis(5000);
+    // The expiring sessions all get the same deadline: each heartbeat asks
+    // for the interval that puts its deadline (now + 2.5 × interval) at
+    // `due`, far enough out for the creation to finish first. The deadline
+    // of each is estimated from its send time, which is no later than the
+    // server's clock when it handled it: estimates are lower bounds, so the
+    // lateness measured is an upper bound.
+    let budget = if ctx.quick { Duration::from_secs(6) } else { Duration::from_secs(30) };
+    let due = since(epoch) + budget.as_nanos() as u64;
     let pop = Population::new(ctx, "exp", 6, rooms, 2);
-    let first_send = Arc::new(AtomicU64::new(u64::MAX));
-    let last_send = Arc::new(AtomicU64::new(0));
-    let hb = pop.heartbeat_call(&clients, 0, n, false);
-    let (fs, ls) = (first_send.clone(), last_send.clone());
+    let first_deadline_a = Arc::new(AtomicU64::new(u64::MAX));
+    let last_deadline_a = Arc::new(AtomicU64::new(0));
+    let (fs, ls) = (first_deadline_a.clone(), last_deadline_a.clone());
     let tokens: Arc<Mutex<Vec<Option<String>>>> = Arc::new(Mutex::new(vec![None; rooms as usize]));
     let tk = tokens.clone();
     let pop2 = pop.clone();
     let clients2 = clients.clone();
     let call: Call = Arc::new(move |i| {
-        let _ = &hb;
         let (fs, ls, tk) = (fs.clone(), ls.clone(), tk.clone());
-        let req = pop2.request(i);
+        let mut req = pop2.request(i);
         let mut c = clients2[i as usize % clients2.len()].clone();
         Box::pin(async move {
             let at = since(epoch);
-            fs.fetch_min(at, Ordering::AcqRel);
-            ls.fetch_max(at, Ordering::AcqRel);
+            // 2.5 × interval = due - at, at least the 1 s minimum interval.
+            let interval_ns = (due.saturating_sub(at) * 2 / 5).max(1_000_000_000);
+            req.interval = Some(prost_types::Duration {
+                seconds: (interval_ns / 1_000_000_000) as i64,
+                nanos: (interval_ns % 1_000_000_000) as i32,
+            });
+            let deadline = at + interval_ns * 5 / 2;
+            fs.fetch_min(deadline, Ordering::AcqRel);
+            ls.fetch_max(deadline, Ordering::AcqRel);
             let reply = c.heartbeat(req).await?.into_inner();
             let r = (i % rooms) as usize;
             let mut tk = tk.lock().unwrap();
@@ -952,10 +961,15 @@ pub async fn expiry(ctx: &Ctx) -> Result<Report, String> {
             Ok(())
         })
     });
-    let made = load::closed_loop(call, 256, n, Duration::from_secs(60), false).await;
+    let made = load::closed_loop(call, 256, n, budget, false).await;
     rep.check(format!("expiry: {n} sessions created ({} errors)", made.errors), made.errors == 0 && made.ok == n);
-    let first_deadline = first_send.load(Ordering::Acquire) + ttl.as_nanos() as u64;
-    let last_deadline = last_send.load(Ordering::Acquire) + ttl.as_nanos() as u64;
+    rep.notes.push(format!(
+        "expiry: {n} sessions created in {:.1} s, all asking for a deadline {:.0} s after the start",
+        made.elapsed.as_secs_f64(),
+        budget.as_secs_f64()
+    ));
+    let first_deadline = first_deadline_a.load(Ordering::Acquire);
+    let last_deadline = last_deadline_a.load(Ordering::Acquire);
     let spread_ms = (last_deadline - first_deadline) as f64 / 1e6;
     // One watcher per room, on one connection: when does each room show 0?
     let offline_at: Arc<Vec<AtomicU64>> = Arc::new((0..rooms).map(|_| AtomicU64::new(0)).collect());
