@@ -50,6 +50,10 @@ const INDEX_SHARDS: usize = 64;
 /// The sweeper wakes at least this often, so a wall-clock jump or a lost
 /// wake-up costs at most this much lateness.
 const MAX_SWEEP_SLEEP: Millis = 250;
+/// Sessions one [`Memory::sweep`] ends at most (a few milliseconds of
+/// work). When more are due the sweeper yields and sweeps again at once, so
+/// a mass expiry does not hold up other requests on its worker thread.
+const SWEEP_BUDGET: usize = 4096;
 
 /// The in-memory presence store. Cheap to clone: all clones share one state.
 #[derive(Clone)]
@@ -699,14 +703,16 @@ impl Memory {
         })
     }
 
-    /// Ends sessions past their deadline, forgets offline users past
-    /// retention and publishes coalesced snapshots that are due. Returns
-    /// when the next of these falls due, if anything is queued.
+    /// Ends sessions past their deadline (at most `SWEEP_BUDGET` per call),
+    /// forgets offline users past retention and publishes coalesced
+    /// snapshots that are due. Returns when the next of these falls due, if
+    /// anything is queued (now, when the budget ran out).
     pub fn sweep(&self) -> Option<Millis> {
         let now = self.shared.clock.now();
         let retention = self.shared.limits.retention.as_millis() as Millis;
         let cap = self.shared.limits.max_list_limit as usize;
         let mut next: Option<Millis> = None;
+        let mut budget = SWEEP_BUDGET;
         for shard in self.shared.rooms.iter() {
             let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
             let shard = &mut *guard;
@@ -715,6 +721,11 @@ impl Memory {
                 if due.at > now {
                     break;
                 }
+                if budget == 0 {
+                    next = Some(now);
+                    break;
+                }
+                budget -= 1;
                 let Reverse(due) = shard.deadlines.pop().expect("peeked");
                 let Some(room) = shard.rooms.get_mut(&due.room) else {
                     continue;
@@ -801,6 +812,14 @@ impl Memory {
         loop {
             let next = self.sweep();
             let now = self.shared.clock.now();
+            if next.is_some_and(|at| at <= now) {
+                // Over budget: let other tasks run, then carry on.
+                tokio::task::yield_now().await;
+                if cancel.is_cancelled() {
+                    return;
+                }
+                continue;
+            }
             let wake = next.map_or(now + MAX_SWEEP_SLEEP, |at| at.min(now + MAX_SWEEP_SLEEP));
             self.shared.next_wake.store(wake, Ordering::SeqCst);
             let sleep = Duration::from_millis(wake.saturating_sub(now));

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 use crate::stats::Samples;
 
 /// One call: its index in the phase → its outcome.
-pub type Call =
-    Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>> + Send + Sync>;
+pub type Call = Arc<
+    dyn Fn(u64) -> Pin<Box<dyn Future<Output = Result<(), tonic::Status>> + Send>> + Send + Sync,
+>;
 
 /// What a phase did.
 #[derive(Debug, Default)]

@@ -127,9 +127,13 @@ fn main() -> ExitCode {
     let rt = if pin.server_core.is_some() {
         // One load core: one thread drives everything, no cross-thread
         // wake-ups in the measurement.
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
     }
     .expect("a tokio runtime");
     rt.block_on(run(cli, pin))
@@ -137,7 +141,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, pin: server::Pinning) -> ExitCode {
     let scenarios = if cli.scenarios.is_empty() {
-        vec![Scenario::Heartbeat, Scenario::Fanout, Scenario::Storm, Scenario::Expiry, Scenario::Memory]
+        vec![
+            Scenario::Heartbeat,
+            Scenario::Fanout,
+            Scenario::Storm,
+            Scenario::Expiry,
+            Scenario::Memory,
+        ]
     } else {
         cli.scenarios.clone()
     };
@@ -163,7 +173,11 @@ async fn run(cli: Cli, pin: server::Pinning) -> ExitCode {
             }
         }),
     };
-    eprintln!("presence-bench: {}; results in {}", pin.note, cli.out.display());
+    eprintln!(
+        "presence-bench: {}; results in {}",
+        pin.note,
+        cli.out.display()
+    );
     let machine = machine();
     let mut results = Vec::new();
     for s in scenarios {

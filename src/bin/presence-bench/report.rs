@@ -74,10 +74,19 @@ impl Run {
         let _ = writeln!(
             md,
             "Machine: {} × {}, {} RAM, Linux {}; {}; load average at start {}  ",
-            m["cpus"], m["cpu_model"].as_str().unwrap_or("?"), m["memory"].as_str().unwrap_or("?"),
-            m["kernel"].as_str().unwrap_or("?"), self.pinning, m["loadavg"].as_str().unwrap_or("?")
+            m["cpus"],
+            m["cpu_model"].as_str().unwrap_or("?"),
+            m["memory"].as_str().unwrap_or("?"),
+            m["kernel"].as_str().unwrap_or("?"),
+            self.pinning,
+            m["loadavg"].as_str().unwrap_or("?")
         );
-        let _ = writeln!(md, "Commit: {}, run at {}\n", m["commit"].as_str().unwrap_or("?"), m["date"].as_str().unwrap_or("?"));
+        let _ = writeln!(
+            md,
+            "Commit: {}, run at {}\n",
+            m["commit"].as_str().unwrap_or("?"),
+            m["date"].as_str().unwrap_or("?")
+        );
         let _ = writeln!(md, "### Targets\n");
         let _ = writeln!(md, "| target | goal | measured | met |");
         let _ = writeln!(md, "|---|---|---|---|");
@@ -87,7 +96,11 @@ impl Run {
                 Some(false) => "**no**",
                 None => "n/a",
             };
-            let _ = writeln!(md, "| {} | {} | {} | {} |", g.name, g.target, g.measured, met);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} |",
+                g.name, g.target, g.measured, met
+            );
         }
         for (name, r) in &self.scenarios {
             let _ = writeln!(md, "\n### {name}\n");
@@ -138,7 +151,12 @@ impl Run {
                 let _ = writeln!(md, "- {n}");
             }
             let bad: Vec<_> = r.checks.iter().filter(|c| !c.1).collect();
-            let _ = writeln!(md, "\nSanity checks: {} passed, {} failed", r.checks.len() - bad.len(), bad.len());
+            let _ = writeln!(
+                md,
+                "\nSanity checks: {} passed, {} failed",
+                r.checks.len() - bad.len(),
+                bad.len()
+            );
             for (c, _) in bad {
                 let _ = writeln!(md, "- FAILED: {c}");
             }
@@ -162,8 +180,15 @@ impl Run {
             .filter(|r| r.scenario == "fanout" && r.case.starts_with("WatchRoom"))
             .filter_map(|r| {
                 let l = r.latency?;
-                let base = r.extra["baseline_latency"]["p99_us"].as_f64().unwrap_or(0.0);
-                Some((short(&r.case), l.p50_us? / 1000.0, l.p99_us? / 1000.0, base / 1000.0))
+                let base = r.extra["baseline_latency"]["p99_us"]
+                    .as_f64()
+                    .unwrap_or(0.0);
+                Some((
+                    short(&r.case),
+                    l.p50_us? / 1000.0,
+                    l.p99_us? / 1000.0,
+                    base / 1000.0,
+                ))
             })
             .collect();
         let width = 900.0;
@@ -172,33 +197,88 @@ impl Run {
         let plot_w = width - label_w - 90.0;
         let mut y = 40.0;
         let mut body = String::new();
-        let _ = writeln!(body, r#"<text x="10" y="24" class="h">Server CPU per operation, µs (presenced vs same-run baseline)</text>"#);
+        let _ = writeln!(
+            body,
+            r#"<text x="10" y="24" class="h">Server CPU per operation, µs (presenced vs same-run baseline)</text>"#
+        );
         let max_cpu = cpu.iter().map(|c| c.1.max(c.2)).fold(1e-9, f64::max);
         for (label, ours, base) in &cpu {
-            let _ = writeln!(body, r#"<text x="{:.0}" y="{:.0}" class="l" text-anchor="end">{}</text>"#, label_w - 8.0, y + bar_h + 2.0, esc(label));
-            for (i, (v, class, what)) in [(ours, "a", "presenced"), (base, "b", "baseline")].iter().enumerate() {
+            let _ = writeln!(
+                body,
+                r#"<text x="{:.0}" y="{:.0}" class="l" text-anchor="end">{}</text>"#,
+                label_w - 8.0,
+                y + bar_h + 2.0,
+                esc(label)
+            );
+            for (i, (v, class, what)) in [(ours, "a", "presenced"), (base, "b", "baseline")]
+                .iter()
+                .enumerate()
+            {
                 let yy = y + i as f64 * bar_h;
                 let w = (**v / max_cpu * plot_w).max(1.0);
-                let _ = writeln!(body, r#"<rect x="{label_w:.0}" y="{yy:.0}" width="{w:.1}" height="{:.0}" class="{class}"><title>{what}: {v:.2} µs</title></rect>"#, bar_h - 2.0);
-                let _ = writeln!(body, r#"<text x="{:.1}" y="{:.0}" class="v">{v:.2}</text>"#, label_w + w + 4.0, yy + bar_h - 3.0);
+                let _ = writeln!(
+                    body,
+                    r#"<rect x="{label_w:.0}" y="{yy:.0}" width="{w:.1}" height="{:.0}" class="{class}"><title>{what}: {v:.2} µs</title></rect>"#,
+                    bar_h - 2.0
+                );
+                let _ = writeln!(
+                    body,
+                    r#"<text x="{:.1}" y="{:.0}" class="v">{v:.2}</text>"#,
+                    label_w + w + 4.0,
+                    yy + bar_h - 3.0
+                );
             }
             y += 2.0 * bar_h + 8.0;
         }
         y += 30.0;
-        let _ = writeln!(body, r#"<text x="10" y="{:.0}" class="h">Fan-out: ms from a change's reply to the last watcher's receipt</text>"#, y - 10.0);
+        let _ = writeln!(
+            body,
+            r#"<text x="10" y="{:.0}" class="h">Fan-out: ms from a change's reply to the last watcher's receipt</text>"#,
+            y - 10.0
+        );
         let max_ms = fan.iter().map(|f| f.2.max(f.3)).fold(1e-9, f64::max);
         for (label, p50, p99, base) in &fan {
-            let _ = writeln!(body, r#"<text x="{:.0}" y="{:.0}" class="l" text-anchor="end">{}</text>"#, label_w - 8.0, y + bar_h + 8.0, esc(label));
-            for (i, (v, class, what)) in [(p50, "a2", "p50"), (p99, "a", "p99"), (base, "b", "Health/Watch p99")].iter().enumerate() {
+            let _ = writeln!(
+                body,
+                r#"<text x="{:.0}" y="{:.0}" class="l" text-anchor="end">{}</text>"#,
+                label_w - 8.0,
+                y + bar_h + 8.0,
+                esc(label)
+            );
+            for (i, (v, class, what)) in [
+                (p50, "a2", "p50"),
+                (p99, "a", "p99"),
+                (base, "b", "Health/Watch p99"),
+            ]
+            .iter()
+            .enumerate()
+            {
                 let yy = y + i as f64 * bar_h;
                 let w = (**v / max_ms * plot_w).max(1.0);
-                let _ = writeln!(body, r#"<rect x="{label_w:.0}" y="{yy:.0}" width="{w:.1}" height="{:.0}" class="{class}"><title>{what}: {v:.2} ms</title></rect>"#, bar_h - 2.0);
-                let _ = writeln!(body, r#"<text x="{:.1}" y="{:.0}" class="v">{what} {v:.2}</text>"#, label_w + w + 4.0, yy + bar_h - 3.0);
+                let _ = writeln!(
+                    body,
+                    r#"<rect x="{label_w:.0}" y="{yy:.0}" width="{w:.1}" height="{:.0}" class="{class}"><title>{what}: {v:.2} ms</title></rect>"#,
+                    bar_h - 2.0
+                );
+                let _ = writeln!(
+                    body,
+                    r#"<text x="{:.1}" y="{:.0}" class="v">{what} {v:.2}</text>"#,
+                    label_w + w + 4.0,
+                    yy + bar_h - 3.0
+                );
             }
             y += 3.0 * bar_h + 8.0;
         }
         let legend_y = y + 10.0;
-        let _ = writeln!(body, r#"<rect x="{label_w:.0}" y="{legend_y:.0}" width="12" height="12" class="a"/><text x="{:.0}" y="{:.0}" class="l">presenced</text><rect x="{:.0}" y="{legend_y:.0}" width="12" height="12" class="b"/><text x="{:.0}" y="{:.0}" class="l">baseline (grpc.health.v1 on the same stack)</text>"#, label_w + 16.0, legend_y + 10.0, label_w + 110.0, label_w + 126.0, legend_y + 10.0);
+        let _ = writeln!(
+            body,
+            r#"<rect x="{label_w:.0}" y="{legend_y:.0}" width="12" height="12" class="a"/><text x="{:.0}" y="{:.0}" class="l">presenced</text><rect x="{:.0}" y="{legend_y:.0}" width="12" height="12" class="b"/><text x="{:.0}" y="{:.0}" class="l">baseline (grpc.health.v1 on the same stack)</text>"#,
+            label_w + 16.0,
+            legend_y + 10.0,
+            label_w + 110.0,
+            label_w + 126.0,
+            legend_y + 10.0
+        );
         let height = legend_y + 30.0;
         format!(
             r##"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="sans-serif">
@@ -219,5 +299,7 @@ fn short(case: &str) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }

@@ -131,15 +131,26 @@ impl Report {
     fn sane(&mut self, row: &Row, outcome: Option<&Outcome>) {
         let name = format!("{}: {}", row.scenario, row.case);
         if let Some(o) = outcome {
-            self.check(format!("{name}: calls succeed ({} errors{})", o.errors,
-                o.first_error.as_deref().map(|e| format!(", first: {e}")).unwrap_or_default()),
-                o.errors == 0 && o.ok > 0);
+            self.check(
+                format!(
+                    "{name}: calls succeed ({} errors{})",
+                    o.errors,
+                    o.first_error
+                        .as_deref()
+                        .map(|e| format!(", first: {e}"))
+                        .unwrap_or_default()
+                ),
+                o.errors == 0 && o.ok > 0,
+            );
         }
         if let Some(l) = row.latency {
             let ok = l.samples > 0
                 && l.p50_us.is_some_and(|v| v.is_finite() && v >= 0.0)
                 && l.p99_us >= l.p50_us;
-            self.check(format!("{name}: latency percentiles are ordered and finite"), ok);
+            self.check(
+                format!("{name}: latency percentiles are ordered and finite"),
+                ok,
+            );
         }
         if let Some(cpu) = row.cpu_us_per_op {
             self.check(
@@ -177,6 +188,19 @@ impl Ctx {
     fn spent(&self, t: &Target, before: Option<crate::stats::Usage>) -> Option<Spent> {
         Spent::between(before, t.usage(), self.tck)
     }
+}
+
+/// This process's CPU time so far, in nanoseconds: how busy the load core
+/// was tells whether a phase was bound by the load generator.
+fn load_cpu_ns() -> Option<u64> {
+    crate::stats::Usage::read(std::process::id()).map(|u| u.cpu_ns)
+}
+
+fn busy_pct(before: Option<u64>, elapsed: Duration) -> Option<f64> {
+    let spent = load_cpu_ns()?.saturating_sub(before?);
+    Some(round2(
+        spent as f64 / elapsed.as_nanos().max(1) as f64 * 100.0,
+    ))
 }
 
 fn interval(secs: u64) -> Option<prost_types::Duration> {
@@ -230,12 +254,23 @@ impl Population {
 
     /// Heartbeats of sessions `offset + mix(i) % n` (`mix` spreads them so
     /// consecutive calls hit unrelated shards and cache lines).
-    fn heartbeat_call(&self, clients: &[PresenceServiceClient<Channel>], offset: u64, n: u64, spread: bool) -> Call {
+    fn heartbeat_call(
+        &self,
+        clients: &[PresenceServiceClient<Channel>],
+        offset: u64,
+        n: u64,
+        spread: bool,
+    ) -> Call {
         let clients: Arc<Vec<_>> = Arc::new(clients.to_vec());
         let pop = self.clone();
         let _ = pop.scope_id;
         Arc::new(move |i| {
-            let j = offset + if spread { i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % n } else { i % n };
+            let j = offset
+                + if spread {
+                    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % n
+                } else {
+                    i % n
+                };
             let mut client = clients[(i as usize) % clients.len()].clone();
             let req = pop.request(j);
             Box::pin(async move { client.heartbeat(req).await.map(|_| ()) })
@@ -243,7 +278,12 @@ impl Population {
     }
 
     /// Creates sessions `from..to` as fast as the load core allows.
-    async fn create(&self, clients: &[PresenceServiceClient<Channel>], from: u64, to: u64) -> Outcome {
+    async fn create(
+        &self,
+        clients: &[PresenceServiceClient<Channel>],
+        from: u64,
+        to: u64,
+    ) -> Outcome {
         let call = self.heartbeat_call(clients, from, to - from, false);
         load::closed_loop(call, 256, to - from, Duration::from_secs(600), false).await
     }
@@ -257,8 +297,12 @@ fn presence_clients(channels: &[Channel]) -> Vec<PresenceServiceClient<Channel>>
 }
 
 fn health_call(channels: &[Channel], service: &str) -> Call {
-    let clients: Arc<Vec<HealthClient<Channel>>> =
-        Arc::new(channels.iter().map(|c| HealthClient::new(c.clone())).collect());
+    let clients: Arc<Vec<HealthClient<Channel>>> = Arc::new(
+        channels
+            .iter()
+            .map(|c| HealthClient::new(c.clone()))
+            .collect(),
+    );
     let service = service.to_string();
     Arc::new(move |i| {
         let mut client = clients[(i as usize) % clients.len()].clone();
@@ -269,6 +313,14 @@ fn health_call(channels: &[Channel], service: &str) -> Call {
     })
 }
 
+/// The shape of a closed-loop phase: calls in flight, and its bounds.
+#[derive(Debug, Clone, Copy)]
+struct Closed {
+    concurrency: usize,
+    max_ops: u64,
+    max_time: Duration,
+}
+
 /// Runs a closed-loop phase and measures the server around it.
 async fn measured_closed(
     ctx: &Ctx,
@@ -276,20 +328,25 @@ async fn measured_closed(
     scenario: &'static str,
     case: String,
     call: Call,
-    concurrency: usize,
-    max_ops: u64,
-    max_time: Duration,
+    bounds: Closed,
 ) -> (Row, Outcome) {
+    let Closed {
+        concurrency,
+        max_ops,
+        max_time,
+    } = bounds;
     let before = t.usage();
+    let load_before = load_cpu_ns();
     let mut out = load::closed_loop(call, concurrency, max_ops, max_time, false).await;
     let spent = ctx.spent(t, before);
+    let load_busy = busy_pct(load_before, out.elapsed);
     let mut row = Row::new(scenario, case);
     row.ops = out.ok;
     row.throughput = Some(out.throughput());
     row.latency = Some(out.latency.summary());
     row.cpu_us_per_op = spent.and_then(|s| s.per_op_us(out.ok));
     row.rss_mib = spent.map(|s| mib(s.rss_after));
-    row.extra = json!({ "mode": "closed loop", "concurrency": concurrency, "server": spent.map(|s| s.json()) });
+    row.extra = json!({ "mode": "closed loop", "concurrency": concurrency, "load_core_busy_pct": load_busy, "server": spent.map(|s| s.json()) });
     (row, out)
 }
 
@@ -303,15 +360,17 @@ async fn measured_rate(
     duration: Duration,
 ) -> (Row, Outcome) {
     let before = t.usage();
+    let load_before = load_cpu_ns();
     let mut out = load::fixed_rate(call, rate, duration, 4096).await;
     let spent = ctx.spent(t, before);
+    let load_busy = busy_pct(load_before, out.elapsed);
     let mut row = Row::new(scenario, case);
     row.ops = out.ok;
     row.throughput = Some(out.throughput());
     row.latency = Some(out.latency.summary());
     row.cpu_us_per_op = spent.and_then(|s| s.per_op_us(out.ok));
     row.rss_mib = spent.map(|s| mib(s.rss_after));
-    row.extra = json!({ "mode": "fixed rate", "offered_per_s": rate, "dropped": out.dropped, "server": spent.map(|s| s.json()) });
+    row.extra = json!({ "mode": "fixed rate", "offered_per_s": rate, "dropped": out.dropped, "load_core_busy_pct": load_busy, "server": spent.map(|s| s.json()) });
     (row, out)
 }
 
@@ -332,7 +391,11 @@ fn fmt_count(n: u64) -> String {
 pub async fn heartbeat(ctx: &Ctx) -> Result<Report, String> {
     let mut rep = Report::default();
     let t = ctx.presenced("heartbeat", &[]).await?;
-    let (small, large) = if ctx.quick { (1_000, 20_000) } else { (10_000, 1_000_000) };
+    let (small, large) = if ctx.quick {
+        (1_000, 20_000)
+    } else {
+        (10_000, 1_000_000)
+    };
     let (max_ops, max_time) = if ctx.quick {
         (20_000, Duration::from_secs(2))
     } else {
@@ -343,19 +406,32 @@ pub async fn heartbeat(ctx: &Ctx) -> Result<Report, String> {
     } else {
         (5_000.0, Duration::from_secs(4))
     };
-    let conc = 32;
+    let closed = Closed {
+        concurrency: 32,
+        max_ops,
+        max_time,
+    };
     let channels = connect_many(t.addr, 4).await?;
     let clients = presence_clients(&channels);
     let pop = Population::new(ctx, "hb", 1, small / 10, 600);
     let created = pop.create(&clients, 0, small).await;
-    rep.check(format!("heartbeat: {small} sessions created ({} errors)", created.errors), created.errors == 0);
+    rep.check(
+        format!(
+            "heartbeat: {small} sessions created ({} errors)",
+            created.errors
+        ),
+        created.errors == 0,
+    );
     let health = health_call(&channels, "");
 
     let mut ratios = Vec::new();
     for (n, label) in [(small, fmt_count(small)), (large, fmt_count(large))] {
         if n == large {
             let more = pop.create(&clients, small, large).await;
-            rep.check(format!("heartbeat: grown to {n} sessions ({} errors)", more.errors), more.errors == 0);
+            rep.check(
+                format!("heartbeat: grown to {n} sessions ({} errors)", more.errors),
+                more.errors == 0,
+            );
             rep.notes.push(format!(
                 "heartbeat: created {} sessions at {:.0}/s",
                 large - small,
@@ -364,30 +440,80 @@ pub async fn heartbeat(ctx: &Ctx) -> Result<Report, String> {
         }
         // Health, heartbeat, health: the baseline is the mean of the two
         // health runs around the heartbeat run (drift on a shared machine).
-        let (mut h1, o1) = measured_closed(ctx, &t, "heartbeat", format!("Health/Check, {label} sessions live"), health.clone(), conc, max_ops, max_time).await;
+        let (mut h1, o1) = measured_closed(
+            ctx,
+            &t,
+            "heartbeat",
+            format!("Health/Check, {label} sessions live"),
+            health.clone(),
+            closed,
+        )
+        .await;
         let hb = pop.heartbeat_call(&clients, 0, n, true);
-        let (mut row, o) = measured_closed(ctx, &t, "heartbeat", format!("Heartbeat, {label} sessions live"), hb, conc, max_ops, max_time).await;
-        let (h2, o2) = measured_closed(ctx, &t, "heartbeat", "Health/Check (again)".into(), health.clone(), conc, max_ops, max_time).await;
+        let (mut row, o) = measured_closed(
+            ctx,
+            &t,
+            "heartbeat",
+            format!("Heartbeat, {label} sessions live"),
+            hb,
+            closed,
+        )
+        .await;
+        let (h2, o2) = measured_closed(
+            ctx,
+            &t,
+            "heartbeat",
+            "Health/Check (again)".into(),
+            health.clone(),
+            closed,
+        )
+        .await;
         let base = match (h1.cpu_us_per_op, h2.cpu_us_per_op) {
-            (Some(a), Some(b)) => Some((a * h1.ops as f64 + b * h2.ops as f64) / (h1.ops + h2.ops) as f64),
+            (Some(a), Some(b)) => {
+                Some((a * h1.ops as f64 + b * h2.ops as f64) / (h1.ops + h2.ops) as f64)
+            }
             (a, b) => a.or(b),
         };
         h1.cpu_us_per_op = base;
         h1.ops += h2.ops;
-        h1.case = format!("Health/Check, {label} sessions live (two runs around the heartbeat run)");
+        h1.case =
+            format!("Health/Check, {label} sessions live (two runs around the heartbeat run)");
         row.baseline = Some((h1.case.clone(), base));
         rep.sane(&h1, Some(&o1));
         rep.sane(&h2, Some(&o2));
         rep.sane(&row, Some(&o));
         if let Some(r) = row.ratio() {
-            ratios.push((label.clone(), r, row.cpu_us_per_op.unwrap_or_default(), base.unwrap_or_default()));
+            ratios.push((
+                label.clone(),
+                r,
+                row.cpu_us_per_op.unwrap_or_default(),
+                base.unwrap_or_default(),
+            ));
         }
         rep.rows.push(h1);
         rep.rows.push(row);
         if n == small {
-            let (mut hr, ho) = measured_rate(ctx, &t, "heartbeat", format!("Health/Check at {rate:.0}/s"), health.clone(), rate, rate_time).await;
+            let (mut hr, ho) = measured_rate(
+                ctx,
+                &t,
+                "heartbeat",
+                format!("Health/Check at {rate:.0}/s"),
+                health.clone(),
+                rate,
+                rate_time,
+            )
+            .await;
             let hb = pop.heartbeat_call(&clients, 0, n, true);
-            let (mut r, o) = measured_rate(ctx, &t, "heartbeat", format!("Heartbeat at {rate:.0}/s, {label} sessions"), hb, rate, rate_time).await;
+            let (mut r, o) = measured_rate(
+                ctx,
+                &t,
+                "heartbeat",
+                format!("Heartbeat at {rate:.0}/s, {label} sessions"),
+                hb,
+                rate,
+                rate_time,
+            )
+            .await;
             r.baseline = Some((hr.case.clone(), hr.cpu_us_per_op));
             rep.sane(&hr, Some(&ho));
             rep.sane(&r, Some(&o));
@@ -412,10 +538,16 @@ pub async fn heartbeat(ctx: &Ctx) -> Result<Report, String> {
         rep.goal(
             "heartbeat cost vs live sessions",
             "does not grow with sessions",
-            format!("{growth:.2}× from {} to {} sessions", ratios[0].0, ratios[1].0),
+            format!(
+                "{growth:.2}× from {} to {} sessions",
+                ratios[0].0, ratios[1].0
+            ),
             Some(growth <= 1.25),
         );
-        rep.check("heartbeat: ratios are plausible (0.2..20)", ratios.iter().all(|r| r.1 > 0.2 && r.1 < 20.0));
+        rep.check(
+            "heartbeat: ratios are plausible (0.2..20)",
+            ratios.iter().all(|r| r.1 > 0.2 && r.1 < 20.0),
+        );
     }
     Ok(rep)
 }
@@ -479,11 +611,19 @@ impl Arrivals {
     }
 
     async fn wait_ready(&self, within: Duration) -> bool {
-        self.wait(|| self.ready.load(Ordering::Acquire) >= self.watchers, within).await
+        self.wait(
+            || self.ready.load(Ordering::Acquire) >= self.watchers,
+            within,
+        )
+        .await
     }
 
     async fn wait_step(&self, step: usize, within: Duration) -> bool {
-        self.wait(|| self.counts[step].load(Ordering::Acquire) >= self.watchers, within).await
+        self.wait(
+            || self.counts[step].load(Ordering::Acquire) >= self.watchers,
+            within,
+        )
+        .await
     }
 }
 
@@ -535,7 +675,8 @@ async fn fanout_run<M, Open, OpenFut, Trig, TrigFut>(
 where
     M: Send + 'static,
     Open: Fn(usize) -> OpenFut,
-    OpenFut: std::future::Future<Output = Result<tonic::Streaming<M>, tonic::Status>> + Send + 'static,
+    OpenFut:
+        std::future::Future<Output = Result<tonic::Streaming<M>, tonic::Status>> + Send + 'static,
     Trig: FnMut(usize) -> TrigFut,
     TrigFut: std::future::Future<Output = Result<u64, String>>,
 {
@@ -559,7 +700,10 @@ where
         });
     }
     if !arrivals.wait_ready(Duration::from_secs(120)).await {
-        return Err(format!("{case}: only {} of {w} streams opened", arrivals.ready.load(Ordering::Relaxed)));
+        return Err(format!(
+            "{case}: only {} of {w} streams opened",
+            arrivals.ready.load(Ordering::Relaxed)
+        ));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let idle = usage();
@@ -567,6 +711,7 @@ where
     let mut lat = Samples::with_capacity(steps);
     let mut ok = true;
     let before = usage();
+    let load_before = load_cpu_ns();
     let start = Instant::now();
     for k in 0..steps {
         let t0 = trigger(k).await?;
@@ -581,6 +726,7 @@ where
     }
     let elapsed = start.elapsed();
     let spent = Spent::between(before, usage(), ctx.tck);
+    let load_busy = busy_pct(load_before, elapsed);
     let deliveries = (lat.len() * w) as u64;
     let mut row = Row::new("fanout", case);
     row.ops = deliveries;
@@ -597,9 +743,14 @@ where
         "watchers": w, "steps": lat.len(), "connections": w.div_ceil(ctx.watchers_per_conn),
         "latency_is": "from the trigger's acknowledgement to the last watcher's receipt",
         "rss_per_stream_bytes": per_stream.map(|b| b.round()),
+        "load_core_busy_pct": load_busy,
         "server": spent.map(|s| s.json()),
     });
-    Ok(FanoutResult { row, p99_us: latency.p99_us, ok })
+    Ok(FanoutResult {
+        row,
+        p99_us: latency.p99_us,
+        ok,
+    })
 }
 
 /// W watchers of one room; isolated joins and leaves; time from the
@@ -623,18 +774,24 @@ pub async fn fanout(ctx: &Ctx) -> Result<Report, String> {
         let epoch = Instant::now();
 
         // Baseline: tonic-health Watch on the same stack.
-        let mut base = Target::start_baseline(&ctx.pin, &ctx.out_dir.join("baseline-health.log")).await?;
+        let mut base =
+            Target::start_baseline(&ctx.pin, &ctx.out_dir.join("baseline-health.log")).await?;
         let channels = connect_many(base.addr, conns).await?;
-        let hclients: Vec<HealthClient<Channel>> = channels.iter().map(|c| HealthClient::new(c.clone())).collect();
+        let hclients: Vec<HealthClient<Channel>> = channels
+            .iter()
+            .map(|c| HealthClient::new(c.clone()))
+            .collect();
         let per = ctx.watchers_per_conn;
         let base_case = format!("Health/Watch fan-out, {} streams", fmt_count(w as u64));
         let base_res = {
             let open = |i: usize| {
                 let mut c = hclients[i / per].clone();
                 async move {
-                    c.watch(HealthCheckRequest { service: crate::baseline::SERVICE.into() })
-                        .await
-                        .map(|r| r.into_inner())
+                    c.watch(HealthCheckRequest {
+                        service: crate::baseline::SERVICE.into(),
+                    })
+                    .await
+                    .map(|r| r.into_inner())
                 }
             };
             // The trigger borrows `base` mutably (its control pipe), so the
@@ -646,7 +803,17 @@ pub async fn fanout(ctx: &Ctx) -> Result<Report, String> {
                 let at = since(epoch);
                 async move { r.map(|()| at) }
             };
-            fanout_run(ctx, &usage, base_case.clone(), w, steps, open, trigger, epoch).await?
+            fanout_run(
+                ctx,
+                &usage,
+                base_case.clone(),
+                w,
+                steps,
+                open,
+                trigger,
+                epoch,
+            )
+            .await?
         };
         drop(channels);
         base.stop();
@@ -673,9 +840,12 @@ pub async fn fanout(ctx: &Ctx) -> Result<Report, String> {
             let mut c = clients[i / per].clone();
             let room_token = room_token.clone();
             async move {
-                c.watch_room(pb::WatchRoomRequest { room_token, limit: 0 })
-                    .await
-                    .map(|r| r.into_inner())
+                c.watch_room(pb::WatchRoomRequest {
+                    room_token,
+                    limit: 0,
+                })
+                .await
+                .map(|r| r.into_inner())
             }
         };
         let session_tokens: Arc<Mutex<Vec<String>>> = Arc::default();
@@ -696,12 +866,17 @@ pub async fn fanout(ctx: &Ctx) -> Result<Report, String> {
                         .await
                         .map_err(|e| format!("fanout: join: {e}"))?;
                     let at = since(epoch);
-                    tokens.lock().unwrap().push(reply.into_inner().session_token);
+                    tokens
+                        .lock()
+                        .unwrap()
+                        .push(reply.into_inner().session_token);
                     Ok(at)
                 } else {
                     let token = tokens.lock().unwrap().pop().unwrap_or_default();
                     driver
-                        .disconnect(pb::DisconnectRequest { session_token: token })
+                        .disconnect(pb::DisconnectRequest {
+                            session_token: token,
+                        })
                         .await
                         .map_err(|e| format!("fanout: leave: {e}"))?;
                     Ok(since(epoch))
@@ -716,7 +891,10 @@ pub async fn fanout(ctx: &Ctx) -> Result<Report, String> {
         res.row.extra["baseline_latency"] = json!(base_lat.map(|l| l.json()));
         rep.sane(&base_res.row, None);
         rep.sane(&res.row, None);
-        rep.check(format!("fanout {w}: every watcher got every change"), res.ok && base_res.ok);
+        rep.check(
+            format!("fanout {w}: every watcher got every change"),
+            res.ok && base_res.ok,
+        );
         let p99 = res.p99_us;
         let cpu = res.row.cpu_us_per_op;
         let ratio = res.row.ratio();
@@ -736,7 +914,10 @@ pub async fn fanout(ctx: &Ctx) -> Result<Report, String> {
         }
         if w >= 1000 {
             rep.goal(
-                &format!("CPU per delivered snapshot, {} watchers", fmt_count(w as u64)),
+                &format!(
+                    "CPU per delivered snapshot, {} watchers",
+                    fmt_count(w as u64)
+                ),
                 "≤ 2 µs",
                 format!(
                     "{:.2} µs ({:.2}× Health/Watch)",
@@ -759,7 +940,11 @@ pub async fn fanout(ctx: &Ctx) -> Result<Report, String> {
 /// N users join one room within a second while M watch it.
 pub async fn storm(ctx: &Ctx) -> Result<Report, String> {
     let mut rep = Report::default();
-    let (users, watchers) = if ctx.quick { (1_000u64, 100usize) } else { (10_000, 1_000) };
+    let (users, watchers) = if ctx.quick {
+        (1_000u64, 100usize)
+    } else {
+        (10_000, 1_000)
+    };
     let t = ctx.presenced("storm", &[]).await?;
     let epoch = Instant::now();
     let wchan = connect_many(t.addr, watchers.div_ceil(ctx.watchers_per_conn)).await?;
@@ -781,9 +966,12 @@ pub async fn storm(ctx: &Ctx) -> Result<Report, String> {
         .await
         .map_err(|e| format!("storm: {e}"))?
         .into_inner();
-    c.remove_room_user(pb::RemoveRoomUserRequest { room_id: pop.room(0), user_id: "probe".into() })
-        .await
-        .map_err(|e| format!("storm: {e}"))?;
+    c.remove_room_user(pb::RemoveRoomUserRequest {
+        room_id: pop.room(0),
+        user_id: "probe".into(),
+    })
+    .await
+    .map_err(|e| format!("storm: {e}"))?;
     struct Seen {
         snapshots: AtomicU64,
         bytes: AtomicU64,
@@ -808,7 +996,13 @@ pub async fn storm(ctx: &Ctx) -> Result<Report, String> {
         let seen = seen.clone();
         let target = users as u32;
         tokio::spawn(async move {
-            let Ok(resp) = c.watch_room(pb::WatchRoomRequest { room_token: token, limit: 0 }).await else {
+            let Ok(resp) = c
+                .watch_room(pb::WatchRoomRequest {
+                    room_token: token,
+                    limit: 0,
+                })
+                .await
+            else {
                 return;
             };
             let mut stream = resp.into_inner();
@@ -823,10 +1017,16 @@ pub async fn storm(ctx: &Ctx) -> Result<Report, String> {
                 }
                 n += 1;
                 seen.snapshots.fetch_add(1, Ordering::Relaxed);
-                seen.bytes.fetch_add(msg.encoded_len() as u64 + 5, Ordering::Relaxed);
-                if msg.snapshot.as_ref().is_some_and(|s| s.online_count >= target) {
+                seen.bytes
+                    .fetch_add(msg.encoded_len() as u64 + 5, Ordering::Relaxed);
+                if msg
+                    .snapshot
+                    .as_ref()
+                    .is_some_and(|s| s.online_count >= target)
+                {
                     seen.max_snapshots.fetch_max(n, Ordering::Relaxed);
-                    seen.last_converged_ns.fetch_max(since(epoch), Ordering::AcqRel);
+                    seen.last_converged_ns
+                        .fetch_max(since(epoch), Ordering::AcqRel);
                     seen.converged.fetch_add(1, Ordering::AcqRel);
                     seen.notify.notify_one();
                     break;
@@ -838,7 +1038,10 @@ pub async fn storm(ctx: &Ctx) -> Result<Report, String> {
     while seen.ready.load(Ordering::Acquire) < watchers as u32 && Instant::now() < deadline {
         let _ = tokio::time::timeout(Duration::from_millis(50), seen.notify.notified()).await;
     }
-    rep.check("storm: every watcher opened", seen.ready.load(Ordering::Acquire) == watchers as u32);
+    rep.check(
+        "storm: every watcher opened",
+        seen.ready.load(Ordering::Acquire) == watchers as u32,
+    );
     let last_reply = Arc::new(AtomicU64::new(0));
     let hb = pop.heartbeat_call(&jclients, 0, users, false);
     let lr = last_reply.clone();
@@ -852,7 +1055,9 @@ pub async fn storm(ctx: &Ctx) -> Result<Report, String> {
         })
     });
     let before = t.usage();
-    let joins = load::fixed_rate(call, users as f64, Duration::from_secs(1), 4096).await;
+    // Every join is sent (in flight is bounded by the count itself): the
+    // watchers wait for all of them.
+    let joins = load::fixed_rate(call, users as f64, Duration::from_secs(1), u64::MAX).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while seen.converged.load(Ordering::Acquire) < watchers as u32 && Instant::now() < deadline {
         let _ = tokio::time::timeout(Duration::from_millis(50), seen.notify.notified()).await;
@@ -868,7 +1073,14 @@ pub async fn storm(ctx: &Ctx) -> Result<Report, String> {
     let mean_snaps = snaps as f64 / watchers as f64;
     let max_snaps = seen.max_snapshots.load(Ordering::Relaxed);
     let bytes_per_watcher = seen.bytes.load(Ordering::Relaxed) as f64 / watchers as f64;
-    let mut row = Row::new("storm", format!("{} joins in 1 s, {} watchers", fmt_count(users), fmt_count(watchers as u64)));
+    let mut row = Row::new(
+        "storm",
+        format!(
+            "{} joins in 1 s, {} watchers",
+            fmt_count(users),
+            fmt_count(watchers as u64)
+        ),
+    );
     row.ops = joins.ok;
     row.throughput = Some(joins.throughput());
     row.latency = Some(joins.latency.clone().summary());
@@ -885,10 +1097,16 @@ pub async fn storm(ctx: &Ctx) -> Result<Report, String> {
         "server": spent.map(|s| s.json()),
     });
     rep.sane(&row, Some(&joins));
-    rep.check("storm: every watcher saw every join", converged == watchers as u32);
+    rep.check(
+        "storm: every watcher saw every join",
+        converged == watchers as u32,
+    );
     let window_s = joins.elapsed.as_secs_f64() + conv_ms / 1000.0;
     let bound = (window_s / ctx.snapshot_interval.as_secs_f64()).ceil() as u64 + 2;
-    rep.check(format!("storm: snapshots per watcher ≤ {bound} (coalesced)"), max_snaps <= bound);
+    rep.check(
+        format!("storm: snapshots per watcher ≤ {bound} (coalesced)"),
+        max_snaps <= bound,
+    );
     rep.goal(
         "storm convergence",
         "every watcher within 1 s of the last join",
@@ -911,7 +1129,11 @@ pub async fn storm(ctx: &Ctx) -> Result<Report, String> {
 /// heartbeating.
 pub async fn expiry(ctx: &Ctx) -> Result<Report, String> {
     let mut rep = Report::default();
-    let (n, others) = if ctx.quick { (5_000u64, 500u64) } else { (100_000, 10_000) };
+    let (n, others) = if ctx.quick {
+        (5_000u64, 500u64)
+    } else {
+        (100_000, 10_000)
+    };
     let per_room = 1000u64.min(n);
     let rooms = n / per_room;
     let t = ctx.presenced("expiry", &[]).await?;
@@ -927,7 +1149,11 @@ pub async fn expiry(ctx: &Ctx) -> Result<Report, String> {
     // of each is estimated from its send time, which is no later than the
     // server's clock when it handled it: estimates are lower bounds, so the
     // lateness measured is an upper bound.
-    let budget = if ctx.quick { Duration::from_secs(6) } else { Duration::from_secs(30) };
+    let budget = if ctx.quick {
+        Duration::from_secs(6)
+    } else {
+        Duration::from_secs(30)
+    };
     let due = since(epoch) + budget.as_nanos() as u64;
     let pop = Population::new(ctx, "exp", 6, rooms, 2);
     let first_deadline_a = Arc::new(AtomicU64::new(u64::MAX));
@@ -962,7 +1188,10 @@ pub async fn expiry(ctx: &Ctx) -> Result<Report, String> {
         })
     });
     let made = load::closed_loop(call, 256, n, budget, false).await;
-    rep.check(format!("expiry: {n} sessions created ({} errors)", made.errors), made.errors == 0 && made.ok == n);
+    rep.check(
+        format!("expiry: {n} sessions created ({} errors)", made.errors),
+        made.errors == 0 && made.ok == n,
+    );
     rep.notes.push(format!(
         "expiry: {n} sessions created in {:.1} s, all asking for a deadline {:.0} s after the start",
         made.elapsed.as_secs_f64(),
@@ -976,12 +1205,23 @@ pub async fn expiry(ctx: &Ctx) -> Result<Report, String> {
     let done = Arc::new(AtomicU32::new(0));
     let wchan = connect_many(t.addr, 1).await?;
     let wclient = presence_clients(&wchan).remove(0);
-    let tokens: Vec<String> = tokens.lock().unwrap().iter().map(|t| t.clone().unwrap_or_default()).collect();
+    let tokens: Vec<String> = tokens
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.clone().unwrap_or_default())
+        .collect();
     for (r, token) in tokens.into_iter().enumerate() {
         let mut c = wclient.clone();
         let (offline_at, done) = (offline_at.clone(), done.clone());
         tokio::spawn(async move {
-            let Ok(resp) = c.watch_room(pb::WatchRoomRequest { room_token: token, limit: 1 }).await else {
+            let Ok(resp) = c
+                .watch_room(pb::WatchRoomRequest {
+                    room_token: token,
+                    limit: 1,
+                })
+                .await
+            else {
                 return;
             };
             let mut s = resp.into_inner();
@@ -995,7 +1235,8 @@ pub async fn expiry(ctx: &Ctx) -> Result<Report, String> {
         });
     }
     // Background heartbeats until every room is offline (bounded).
-    let stop_at = Duration::from_nanos(last_deadline.saturating_sub(since(epoch))) + Duration::from_secs(5);
+    let stop_at =
+        Duration::from_nanos(last_deadline.saturating_sub(since(epoch))) + Duration::from_secs(5);
     let hb = live.heartbeat_call(&clients, 0, others, true);
     let before = t.usage();
     let bg = tokio::spawn(load::closed_loop(hb, 8, u64::MAX, stop_at, true));
@@ -1003,7 +1244,11 @@ pub async fn expiry(ctx: &Ctx) -> Result<Report, String> {
     while done.load(Ordering::Acquire) < rooms as u32 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let all_offline = offline_at.iter().map(|a| a.load(Ordering::Acquire)).max().unwrap_or(0);
+    let all_offline = offline_at
+        .iter()
+        .map(|a| a.load(Ordering::Acquire))
+        .max()
+        .unwrap_or(0);
     let spent = ctx.spent(&t, before);
     let bg = bg.await.map_err(|e| e.to_string())?;
     let lateness_ms = all_offline as f64 / 1e6 - last_deadline as f64 / 1e6;
@@ -1020,7 +1265,14 @@ pub async fn expiry(ctx: &Ctx) -> Result<Report, String> {
     }
     let during_l = during.summary();
     let calm_l = calm.summary();
-    let mut row = Row::new("expiry", format!("{} sessions expire, {} others heartbeat", fmt_count(n), fmt_count(others)));
+    let mut row = Row::new(
+        "expiry",
+        format!(
+            "{} sessions expire, {} others heartbeat",
+            fmt_count(n),
+            fmt_count(others)
+        ),
+    );
     row.ops = bg.ok;
     row.throughput = Some(bg.throughput());
     row.latency = Some(during_l);
@@ -1106,7 +1358,13 @@ pub async fn memory(ctx: &Ctx) -> Result<Report, String> {
         let token = tokens[i % tokens.len()].clone();
         let ready = ready.clone();
         held.push(tokio::spawn(async move {
-            let Ok(resp) = c.watch_room(pb::WatchRoomRequest { room_token: token, limit: 0 }).await else {
+            let Ok(resp) = c
+                .watch_room(pb::WatchRoomRequest {
+                    room_token: token,
+                    limit: 0,
+                })
+                .await
+            else {
                 return;
             };
             let mut s = resp.into_inner();
@@ -1124,12 +1382,23 @@ pub async fn memory(ctx: &Ctx) -> Result<Report, String> {
     settle().await;
     let r4 = rss(&t);
     let per_stream = r4.saturating_sub(r3) as f64 / streams as f64;
-    rep.check("memory: every watch stream opened", ready.load(Ordering::Acquire) == streams as u32);
+    rep.check(
+        "memory: every watch stream opened",
+        ready.load(Ordering::Acquire) == streams as u32,
+    );
     for h in held {
         h.abort();
     }
 
-    let mut row = Row::new("memory", format!("{} sessions in {} rooms, {} idle watch streams", fmt_count(total), fmt_count(rooms_total), fmt_count(streams as u64)));
+    let mut row = Row::new(
+        "memory",
+        format!(
+            "{} sessions in {} rooms, {} idle watch streams",
+            fmt_count(total),
+            fmt_count(rooms_total),
+            fmt_count(streams as u64)
+        ),
+    );
     row.ops = total;
     row.rss_mib = Some(mib(r4));
     row.extra = json!({
@@ -1140,12 +1409,31 @@ pub async fn memory(ctx: &Ctx) -> Result<Report, String> {
         "streams_per_connection": ctx.watchers_per_conn,
         "session_shape": "one user per session, 10 sessions per room, uuid session ids, ~20-byte user ids, ~30-byte room ids",
     });
-    rep.check(format!("memory: per-session RSS {per_session:.0} B is plausible"), per_session > 20.0 && per_session < 20_000.0);
-    rep.check(format!("memory: per-stream RSS {per_stream:.0} B is plausible"), per_stream > 0.0 && per_stream < 200_000.0);
+    rep.check(
+        format!("memory: per-session RSS {per_session:.0} B is plausible"),
+        per_session > 20.0 && per_session < 20_000.0,
+    );
+    rep.check(
+        format!("memory: per-stream RSS {per_stream:.0} B is plausible"),
+        per_stream > 0.0 && per_stream < 200_000.0,
+    );
     rep.goal("memory per idle session", "≤ 400 B", format!("{per_session:.0} B per session joining a room, one user each ({per_room:.0} B for a new room with its first session)"), Some(per_session <= 400.0));
-    rep.goal("memory per idle watch stream", "≤ 4 KiB on a shared connection", format!("{per_stream:.0} B ({} per connection)", ctx.watchers_per_conn), Some(per_stream <= 4096.0));
+    rep.goal(
+        "memory per idle watch stream",
+        "≤ 4 KiB on a shared connection",
+        format!(
+            "{per_stream:.0} B ({} per connection)",
+            ctx.watchers_per_conn
+        ),
+        Some(per_stream <= 4096.0),
+    );
     if !ctx.quick {
-        rep.goal("memory at 1 M sessions", "1 M sessions in 100 k rooms < 600 MiB RSS", format!("{:.0} MiB", mib(r2)), Some(mib(r2) < 600.0));
+        rep.goal(
+            "memory at 1 M sessions",
+            "1 M sessions in 100 k rooms < 600 MiB RSS",
+            format!("{:.0} MiB", mib(r2)),
+            Some(mib(r2) < 600.0),
+        );
     }
     rep.rows.push(row);
     Ok(rep)

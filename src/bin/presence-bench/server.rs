@@ -46,7 +46,13 @@ impl Pinning {
         }
         let load = cores - 1;
         let ok = Command::new("taskset")
-            .args(["-a", "-p", "-c", &load.to_string(), &std::process::id().to_string()])
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &load.to_string(),
+                &std::process::id().to_string(),
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -191,7 +197,10 @@ impl Target {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(format!("server on {} not ready after 20 s: {last}", self.addr))
+        Err(format!(
+            "server on {} not ready after 20 s: {last}",
+            self.addr
+        ))
     }
 
     async fn check(&self, service: &str) -> Result<(), String> {
@@ -252,7 +261,11 @@ pub async fn connect(addr: SocketAddr) -> Result<Channel, tonic::transport::Erro
 pub async fn connect_many(addr: SocketAddr, n: usize) -> Result<Vec<Channel>, String> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
-        out.push(connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?);
+        out.push(
+            connect(addr)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?,
+        );
     }
     Ok(out)
 }
