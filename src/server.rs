@@ -16,7 +16,7 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -265,7 +265,6 @@ impl App {
         // hyper's timer, which enforces hyper's default.
         let server = builder
             .accept_http1(true)
-            .tcp_nodelay(true)
             .max_concurrent_streams(config.max_streams_per_connection)
             .http2_keepalive_interval(Some(config.keepalive_interval))
             .http2_keepalive_timeout(Some(config.keepalive_timeout))
@@ -284,9 +283,10 @@ impl App {
                     acceptor.incoming(listener, stop_accepting.clone()),
                     stop,
                 )),
-                None => Box::pin(
-                    server.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop),
-                ),
+                None => Box::pin(server.serve_with_incoming_shutdown(
+                    plain_incoming(listener, stop_accepting.clone()),
+                    stop,
+                )),
             };
         let mut server = server;
         info!(%addr, tls = tls_enabled, "presenced listening (gRPC, grpc-web, health, reflection, POST /v1/disconnect)");
@@ -364,6 +364,39 @@ async fn peer_info(mut req: axum::extract::Request) -> axum::extract::Request {
         });
     req.extensions_mut().insert(PeerInfo(peer));
     req
+}
+
+/// Accepted plaintext connections, with TCP_NODELAY set: tonic sets it only
+/// on listeners it binds itself, and without it a reply written in two
+/// parts waits ~40 ms for the peer's delayed ACK (Nagle). Accept errors (out
+/// of file descriptors) are logged and retried after a pause instead of
+/// ending the server.
+fn plain_incoming(
+    listener: TcpListener,
+    cancel: CancellationToken,
+) -> ReceiverStream<std::io::Result<tokio::net::TcpStream>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = cancel.cancelled() => return,
+            };
+            match accepted {
+                Ok((tcp, _)) => {
+                    let _ = tcp.set_nodelay(true);
+                    if tx.send(Ok(tcp)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// Periodic clean-up of per-caller state.
