@@ -348,12 +348,7 @@ async fn unknown_paths_share_one_series_and_the_beacon_is_counted() {
 
 #[tokio::test]
 async fn the_binary_serves_metrics_on_metrics_listen() {
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
+    let free = || std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let (addr, admin) = (free(), free());
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"))
         .args([

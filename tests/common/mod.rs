@@ -82,14 +82,22 @@ impl Drop for TestServer {
     }
 }
 
-/// A TCP port that was free on 127.0.0.1 a moment ago, for tests that run
-/// the real binary (which must be told its port).
+/// A TCP port free on 127.0.0.1, for tests that run the real binary (which
+/// must be told its port). It is taken from 20000–31999, below Linux's
+/// ephemeral range (32768–60999): a port from `bind(0)` can be handed to some
+/// client socket (ours, or a concurrent test's) before the child binds it,
+/// which made the child fail to start. Ports are unique within this process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 400) * 30;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((start + n) % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn heartbeat(room: &str, user: &str, session: &str, secs: i64) -> pb::HeartbeatRequest {
