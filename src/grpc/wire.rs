@@ -146,17 +146,16 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::presence::UserPresence;
 
     fn snapshot(users: usize) -> Snapshot {
         Snapshot {
-            room_id: Arc::from("room"),
+            room_id: "room".into(),
             users: (0..users)
                 .map(|i| UserPresence {
-                    user_id: Arc::from(format!("user-{i}").as_str()),
+                    user_id: format!("user-{i}").into(),
                     last_disconnected: (i % 2 == 1).then_some(1_700_000_000_123),
                     data: None,
                 })

@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::{Clock, Millis};
 use super::counters::{Counters, Counts};
-use super::model::{Error, Limits, RoomPresence, Snapshot, UserData, UserPresence};
+use super::model::{Error, Id, Limits, RoomPresence, Snapshot, UserData, UserPresence};
 
 mod dump;
 
@@ -65,7 +65,8 @@ struct Shared {
     clock: Arc<dyn Clock>,
     limits: Limits,
     rooms: Box<[Mutex<Shard>]>,
-    /// Session id → the room it lives in; sharded by session id.
+    /// Every live session id, so that one id cannot live in two rooms;
+    /// sharded by session id.
     session_rooms: Box<[Mutex<SessionIndex>]>,
     /// User id → the rooms where that user is listed; sharded by user id.
     user_rooms: Box<[Mutex<UserIndex>]>,
@@ -84,8 +85,8 @@ struct Shared {
     counters: Counters,
 }
 
-type SessionIndex = HashMap<Arc<str>, Arc<str>>;
-type UserIndex = HashMap<Arc<str>, UserRooms>;
+type SessionIndex = HashSet<Id>;
+type UserIndex = HashMap<Id, UserRooms>;
 
 /// One user's entry in the user index.
 #[derive(Default)]
@@ -93,7 +94,7 @@ struct UserRooms {
     /// Rooms where the user is listed.
     rooms: RoomSet,
     /// The user's live sessions across those rooms.
-    sessions: usize,
+    sessions: u32,
 }
 
 /// The rooms where one user is listed. Nearly always one room, so one is
@@ -102,15 +103,15 @@ struct UserRooms {
 enum RoomSet {
     #[default]
     Empty,
-    One(Arc<str>),
+    One(Id),
     // Boxed on purpose: keeps the enum at 24 bytes instead of 48 for the
     // common case of one room.
     #[allow(clippy::box_collection)]
-    Many(Box<HashSet<Arc<str>>>),
+    Many(Box<HashSet<Id>>),
 }
 
 impl RoomSet {
-    fn insert(&mut self, room_id: Arc<str>) {
+    fn insert(&mut self, room_id: Id) {
         match self {
             RoomSet::Empty => *self = RoomSet::One(room_id),
             RoomSet::One(one) if *one == room_id => {}
@@ -152,7 +153,7 @@ impl RoomSet {
         matches!(self, RoomSet::Empty)
     }
 
-    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+    fn iter(&self) -> impl Iterator<Item = &Id> {
         let (one, many) = match self {
             RoomSet::Empty => (None, None),
             RoomSet::One(one) => (Some(one), None),
@@ -164,30 +165,30 @@ impl RoomSet {
 
 #[derive(Default)]
 struct Shard {
-    rooms: HashMap<Arc<str>, Room>,
+    rooms: HashMap<Id, Room>,
     /// One entry per live session, at the deadline it was queued with.
     deadlines: BinaryHeap<Reverse<Due>>,
     /// One entry per offline user, at the end of their retention.
     purges: BinaryHeap<Reverse<Due>>,
     /// Rooms whose next snapshot waits for the end of a coalescing window.
-    pending: Vec<(Millis, Arc<str>)>,
+    pending: Vec<(Millis, Id)>,
 }
 
 /// A heap entry: something about `(room, key)` falls due at `at`.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     at: Millis,
-    room: Arc<str>,
+    room: Id,
     /// A session id (deadline heap) or a user id (purge heap).
-    key: Arc<str>,
+    key: Id,
 }
 
 struct Room {
-    id: Arc<str>,
-    users: HashMap<Arc<str>, User>,
+    id: Id,
+    users: HashMap<Id, User>,
     /// The listing order; see [`Rank`].
-    order: BTreeMap<Rank, Arc<str>>,
-    sessions: HashMap<Arc<str>, Session>,
+    order: BTreeMap<Rank, Id>,
+    sessions: HashMap<Id, Session>,
     online: u32,
     /// Source of `Rank::Online` sequence numbers.
     next_seq: u64,
@@ -204,11 +205,35 @@ struct Publisher {
 }
 
 /// A user's place in the room's listing: online users in the order they came
-/// online, then offline users, most recently disconnected first.
+/// online, then offline users, most recently disconnected first. Packed into
+/// two words (an enum would take three): `class` is 0 while online, else
+/// `u64::MAX - since`, so that ordering by `(class, seq)` is the listing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Rank {
-    Online { seq: u64 },
-    Offline { since: Reverse<Millis>, seq: u64 },
+struct Rank {
+    class: u64,
+    seq: u64,
+}
+
+impl Rank {
+    fn online(seq: u64) -> Self {
+        Rank { class: 0, seq }
+    }
+
+    /// Offline since `since` (saturated so that it never reads as online).
+    fn offline(since: Millis, seq: u64) -> Self {
+        Rank {
+            class: u64::MAX - since.min(u64::MAX - 1),
+            seq,
+        }
+    }
+
+    fn is_online(&self) -> bool {
+        self.class == 0
+    }
+
+    fn offline_since(&self) -> Option<Millis> {
+        (!self.is_online()).then(|| u64::MAX - self.class)
+    }
 }
 
 struct User {
@@ -219,19 +244,17 @@ struct User {
 
 impl User {
     fn last_disconnected(&self) -> Option<Millis> {
-        match self.rank {
-            Rank::Online { .. } => None,
-            Rank::Offline { since, .. } => Some(since.0),
-        }
+        self.rank.offline_since()
     }
 }
 
 struct Session {
-    user: Arc<str>,
+    user: Id,
     deadline: Millis,
-    /// Lifetime given by the last heartbeat (2.5 × its interval); kept so a
-    /// restart can grant one interval of grace.
-    ttl: Millis,
+    /// Lifetime given by the last heartbeat (2.5 × its interval), in ms,
+    /// saturated at ~49 days; kept so a restart can grant one interval of
+    /// grace.
+    ttl: u32,
     /// The deadline of this session's entry in the deadline heap.
     queued: Millis,
 }
@@ -304,7 +327,7 @@ impl Memory {
                     });
                 }
                 session.deadline = deadline;
-                session.ttl = ttl;
+                session.ttl = ttl_ms(ttl);
                 if deadline < session.queued {
                     // The interval shrank: the queued entry would fire late.
                     session.queued = deadline;
@@ -333,7 +356,7 @@ impl Memory {
     ) -> Result<(), Error> {
         let limits = &self.shared.limits;
         let mut index = self.shared.session_index(session_id);
-        if index.contains_key(session_id) {
+        if index.contains(session_id) {
             return Err(Error::SessionConflict {
                 session_id: session_id.to_owned(),
                 other: "room",
@@ -361,7 +384,7 @@ impl Memory {
         let new_in_room = existing_user.is_none();
         let mut users = self.shared.user_index(user_id);
         if let Some(entry) = users.get(user_id) {
-            if entry.sessions >= limits.max_sessions_per_user {
+            if entry.sessions as usize >= limits.max_sessions_per_user {
                 return Err(Error::LimitReached {
                     what: "sessions per user",
                     limit: limits.max_sessions_per_user,
@@ -375,13 +398,13 @@ impl Memory {
             }
         }
         let room = self.room_entry(&mut shard.rooms, room_id, now)?;
-        let session_key: Arc<str> = Arc::from(session_id);
-        index.insert(session_key.clone(), room.id.clone());
+        let session_key: Id = Id::from(session_id);
+        index.insert(session_key.clone());
         drop(index);
 
         let user_key = match room.users.get_key_value(user_id) {
             Some((key, _)) => key.clone(),
-            None => Arc::from(user_id),
+            None => Id::from(user_id),
         };
         let entry = users.entry(user_key.clone()).or_default();
         entry.sessions += 1;
@@ -391,10 +414,7 @@ impl Memory {
         drop(users);
         let seq = room.next_seq;
         let user = room.users.entry(user_key.clone()).or_insert_with(|| User {
-            rank: Rank::Offline {
-                since: Reverse(0),
-                seq,
-            },
+            rank: Rank::offline(0, seq),
             sessions: 0,
             data: None,
         });
@@ -402,7 +422,7 @@ impl Memory {
         let came_online = user.sessions == 1;
         if came_online {
             room.order.remove(&user.rank);
-            user.rank = Rank::Online { seq };
+            user.rank = Rank::online(seq);
             room.next_seq += 1;
             room.order.insert(user.rank, user_key.clone());
             room.online += 1;
@@ -412,7 +432,7 @@ impl Memory {
             Session {
                 user: user_key,
                 deadline,
-                ttl: deadline - now,
+                ttl: ttl_ms(deadline - now),
                 queued: deadline,
             },
         );
@@ -433,7 +453,7 @@ impl Memory {
     /// The room, created (within the `max_rooms` bound) if absent.
     fn room_entry<'a>(
         &self,
-        rooms: &'a mut HashMap<Arc<str>, Room>,
+        rooms: &'a mut HashMap<Id, Room>,
         room_id: &str,
         now: Millis,
     ) -> Result<&'a mut Room, Error> {
@@ -446,7 +466,7 @@ impl Memory {
                 });
             }
             self.shared.live_rooms.fetch_add(1, Ordering::Relaxed);
-            let id: Arc<str> = Arc::from(room_id);
+            let id: Id = Id::from(room_id);
             rooms.insert(id.clone(), Room::new(id, now));
         }
         Ok(rooms.get_mut(room_id).expect("present"))
@@ -494,13 +514,7 @@ impl Memory {
             return false;
         }
         room.order.remove(&user.rank);
-        let seq = match user.rank {
-            Rank::Online { seq } | Rank::Offline { seq, .. } => seq,
-        };
-        user.rank = Rank::Offline {
-            since: Reverse(now),
-            seq,
-        };
+        user.rank = Rank::offline(now, user.rank.seq);
         room.order.insert(user.rank, session.user.clone());
         room.online -= 1;
         purges.push(Reverse(Due {
@@ -559,7 +573,7 @@ impl Memory {
         room.order.remove(&user.rank);
         if user.sessions > 0 {
             room.online -= 1;
-            let ended: Vec<Arc<str>> = room
+            let ended: Vec<Id> = room
                 .sessions
                 .iter()
                 .filter(|(_, s)| s.user == user_key)
@@ -572,7 +586,7 @@ impl Memory {
             }
         }
         self.shared
-            .unlist_user(&user_key, &room.id, user.sessions as usize, true);
+            .unlist_user(&user_key, &room.id, user.sessions, true);
         self.changed(room, &mut shard.pending, now);
         self.drop_if_unused(shard, room_id);
         Ok(())
@@ -599,7 +613,7 @@ impl Memory {
             .fetch_sub(room.sessions.len(), Ordering::Relaxed);
         for (user_id, user) in &room.users {
             self.shared
-                .unlist_user(user_id, &room.id, user.sessions as usize, true);
+                .unlist_user(user_id, &room.id, user.sessions, true);
         }
         room.sessions = HashMap::new();
         room.users = HashMap::new();
@@ -625,7 +639,7 @@ impl Memory {
         Ok(match guard.rooms.get(room_id) {
             Some(room) => room.snapshot(limit, online_only),
             None => Snapshot {
-                room_id: Arc::from(room_id),
+                room_id: Id::from(room_id),
                 users: Vec::new(),
                 online_count: 0,
                 total_count: 0,
@@ -645,7 +659,7 @@ impl Memory {
     ) -> Result<Vec<RoomPresence>, Error> {
         self.shared.limits.check_id("user_id", user_id)?;
         let limit = self.shared.limits.list_limit(limit);
-        let room_ids: Vec<Arc<str>> = match self.shared.user_index(user_id).get(user_id) {
+        let room_ids: Vec<Id> = match self.shared.user_index(user_id).get(user_id) {
             Some(entry) => entry.rooms.iter().cloned().collect(),
             None => return Ok(Vec::new()),
         };
@@ -716,7 +730,7 @@ impl Memory {
         for shard in self.shared.rooms.iter() {
             let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
             let shard = &mut *guard;
-            let mut touched: Vec<Arc<str>> = Vec::new();
+            let mut touched: Vec<Id> = Vec::new();
             while let Some(Reverse(due)) = shard.deadlines.peek() {
                 if due.at > now {
                     break;
@@ -864,7 +878,7 @@ impl Memory {
 
     /// Records a change to the room's listing: a new version, and a snapshot
     /// for its watchers now or at the end of the coalescing window.
-    fn changed(&self, room: &mut Room, pending: &mut Vec<(Millis, Arc<str>)>, now: Millis) {
+    fn changed(&self, room: &mut Room, pending: &mut Vec<(Millis, Id)>, now: Millis) {
         room.version = (room.version + 1).max(version_floor(now));
         let window = self.shared.limits.snapshot_interval.as_millis() as Millis;
         let Some(publisher) = room.publisher.as_mut() else {
@@ -905,6 +919,11 @@ fn version_floor(now: Millis) -> u64 {
     now.saturating_mul(1000)
 }
 
+/// A session lifetime as stored: u32 milliseconds, saturated.
+fn ttl_ms(ttl: Millis) -> u32 {
+    u32::try_from(ttl).unwrap_or(u32::MAX)
+}
+
 fn earliest(a: Option<Millis>, b: Millis) -> Option<Millis> {
     Some(a.map_or(b, |a| a.min(b)))
 }
@@ -932,7 +951,7 @@ impl Shared {
 
     /// Updates a user's index entry: `sessions` of theirs ended, and when
     /// `leave_room`, they are no longer listed in `room_id`.
-    fn unlist_user(&self, user_id: &str, room_id: &str, sessions: usize, leave_room: bool) {
+    fn unlist_user(&self, user_id: &str, room_id: &str, sessions: u32, leave_room: bool) {
         let mut index = self.user_index(user_id);
         if let Some(entry) = index.get_mut(user_id) {
             entry.sessions = entry.sessions.saturating_sub(sessions);
@@ -955,7 +974,7 @@ impl Shared {
 }
 
 impl Room {
-    fn new(id: Arc<str>, now: Millis) -> Self {
+    fn new(id: Id, now: Millis) -> Self {
         Self {
             id,
             users: HashMap::new(),
@@ -973,7 +992,7 @@ impl Room {
         let users = self
             .order
             .iter()
-            .take_while(|(rank, _)| !online_only || matches!(rank, Rank::Online { .. }))
+            .take_while(|(rank, _)| !online_only || rank.is_online())
             .take(limit)
             .map(|(_, user_id)| {
                 let user = &self.users[user_id];
@@ -1035,7 +1054,7 @@ impl Stream for Subscription {
 /// watcher of a room without users.
 struct WatchGuard {
     shared: Arc<Shared>,
-    room_id: Arc<str>,
+    room_id: Id,
 }
 
 impl Drop for WatchGuard {

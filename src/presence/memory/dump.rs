@@ -7,7 +7,7 @@ use std::cmp::Reverse;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Due, Memory, Rank, Room, Session, User};
+use super::{Due, Id, Memory, Rank, Room, Session, User};
 use crate::presence::clock::Millis;
 use crate::presence::counters::Counters;
 use crate::presence::persist::{Restored, RoomState, SessionState, State, UserState};
@@ -41,7 +41,7 @@ impl Memory {
                         id: id.to_string(),
                         user: session.user.to_string(),
                         deadline: session.deadline,
-                        ttl: session.ttl,
+                        ttl: session.ttl.into(),
                     })
                     .collect();
                 rooms.push(RoomState {
@@ -77,7 +77,7 @@ impl Memory {
             if shard.rooms.contains_key(saved.id.as_str()) || saved.users.is_empty() {
                 continue;
             }
-            let id: Arc<str> = Arc::from(saved.id);
+            let id: Id = Id::from(saved.id);
             let mut room = Room::new(id.clone(), now);
             room.version = room.version.max(saved.version);
 
@@ -89,12 +89,9 @@ impl Memory {
                 let seq = room.next_seq;
                 room.next_seq += 1;
                 room.users.insert(
-                    Arc::from(user.id),
+                    Id::from(user.id),
                     User {
-                        rank: Rank::Offline {
-                            since: Reverse(since),
-                            seq,
-                        },
+                        rank: Rank::offline(since, seq),
                         sessions: 0,
                         data: user.data.filter(|d| !d.is_empty()).map(Arc::new),
                     },
@@ -109,14 +106,13 @@ impl Memory {
                 else {
                     continue;
                 };
-                let session_key: Arc<str> = Arc::from(session.id);
+                let session_key: Id = Id::from(session.id);
                 {
                     // Lock order: room shard (held), then index shard.
                     let mut index = self.shared.session_index(&session_key);
-                    if index.contains_key(&session_key) {
+                    if !index.insert(session_key.clone()) {
                         continue;
                     }
-                    index.insert(session_key.clone(), id.clone());
                 }
                 let ttl = session.ttl.max(1);
                 let deadline = session.deadline.max(now.saturating_add(ttl * 2 / 5));
@@ -125,7 +121,7 @@ impl Memory {
                     Session {
                         user: user_key.clone(),
                         deadline,
-                        ttl,
+                        ttl: super::ttl_ms(ttl),
                         queued: deadline,
                     },
                 );
@@ -150,26 +146,26 @@ impl Memory {
                 ..
             } = &mut room;
             for (user_id, user) in users.iter_mut() {
-                let Rank::Offline { since, seq } = user.rank else {
-                    unreachable!("every user starts offline above");
-                };
+                let since = user
+                    .rank
+                    .offline_since()
+                    .expect("every user starts offline above");
                 if user.sessions > 0 {
-                    user.rank = Rank::Online { seq };
+                    user.rank = Rank::online(user.rank.seq);
                     *online += 1;
                 } else {
                     shard.purges.push(Reverse(Due {
-                        at: since.0.saturating_add(retention),
+                        at: since.saturating_add(retention),
                         room: id.clone(),
                         key: user_id.clone(),
                     }));
-                    self.shared
-                        .wake_sweeper_by(since.0.saturating_add(retention));
+                    self.shared.wake_sweeper_by(since.saturating_add(retention));
                 }
                 order.insert(user.rank, user_id.clone());
                 let mut index = self.shared.user_index(user_id);
                 let entry = index.entry(user_id.clone()).or_default();
                 entry.rooms.insert(id.clone());
-                entry.sessions += user.sessions as usize;
+                entry.sessions += user.sessions;
             }
             restored.rooms += 1;
             restored.users += room.users.len();
