@@ -5,15 +5,17 @@
 //! never held across an `.await` (nothing here is async but the sweeper loop,
 //! which locks only inside the synchronous [`Memory::sweep`]). Two small
 //! indexes, sharded by their own key, answer the questions a room shard
-//! cannot: which room a session id belongs to (to refuse its reuse elsewhere)
-//! and which rooms a user is listed in. Lock order is always room shard, then
+//! cannot: whether a session id is live anywhere (to refuse its reuse in
+//! another room) and which rooms a user is listed in. Lock order is always room shard, then
 //! index shard; an index shard is never held while a room shard is taken.
 //!
 //! Hot path: a heartbeat for a live session locks one room shard, updates the
-//! session's deadline in place and allocates nothing. Deadlines live in a
-//! per-shard min-heap with one entry per session; a heartbeat does not touch
-//! it: the sweeper, finding an entry whose session has since moved its
-//! deadline, pushes it back at the new time.
+//! session's deadline in place and allocates nothing. Deadlines are tracked
+//! per room, not per session: a per-shard min-heap holds one entry per room
+//! with sessions, at (no later than) its earliest session deadline. The
+//! sweeper scans a due room, ends its expired sessions and queues it again
+//! at its next deadline, at least one coalescing window later. A heartbeat
+//! touches the heap only when it brings its room's next scan forward.
 //!
 //! Snapshots: each watched room has a `tokio::sync::watch` channel holding the
 //! latest `Arc<Snapshot>`. A change publishes at once if the room published
@@ -166,20 +168,20 @@ impl RoomSet {
 #[derive(Default)]
 struct Shard {
     rooms: HashMap<Id, Room>,
-    /// One entry per live session, at the deadline it was queued with.
-    deadlines: BinaryHeap<Reverse<Due>>,
+    /// One entry per room with live sessions, at the time its sessions are
+    /// next looked at (see [`Room::queued`]); stale entries are skipped.
+    deadlines: BinaryHeap<Reverse<(Millis, Id)>>,
     /// One entry per offline user, at the end of their retention.
     purges: BinaryHeap<Reverse<Due>>,
     /// Rooms whose next snapshot waits for the end of a coalescing window.
     pending: Vec<(Millis, Id)>,
 }
 
-/// A heap entry: something about `(room, key)` falls due at `at`.
+/// A purge heap entry: user `key`'s retention in `room` ends at `at`.
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Due {
     at: Millis,
     room: Id,
-    /// A session id (deadline heap) or a user id (purge heap).
     key: Id,
 }
 
@@ -189,6 +191,10 @@ struct Room {
     /// The listing order; see [`Rank`].
     order: BTreeMap<Rank, Id>,
     sessions: HashMap<Id, Session>,
+    /// When the sweeper next scans this room's sessions for expired ones:
+    /// the time of its live entry in the shard's deadline heap, never later
+    /// than its sessions' earliest deadline. `None` without sessions.
+    queued: Option<Millis>,
     online: u32,
     /// Source of `Rank::Online` sequence numbers.
     next_seq: u64,
@@ -255,8 +261,6 @@ struct Session {
     /// saturated at ~49 days; kept so a restart can grant one interval of
     /// grace.
     ttl: u32,
-    /// The deadline of this session's entry in the deadline heap.
-    queued: Millis,
 }
 
 /// Engine-wide counts, for tests and metrics.
@@ -328,16 +332,8 @@ impl Memory {
                 }
                 session.deadline = deadline;
                 session.ttl = ttl_ms(ttl);
-                if deadline < session.queued {
-                    // The interval shrank: the queued entry would fire late.
-                    session.queued = deadline;
-                    shard.deadlines.push(Reverse(Due {
-                        at: deadline,
-                        room: room.id.clone(),
-                        key: room.sessions.get_key_value(session_id).unwrap().0.clone(),
-                    }));
-                    self.shared.wake_sweeper_by(deadline);
-                }
+                // Only a shrunk interval can bring the room's scan forward.
+                self.queue_room(room, &mut shard.deadlines, deadline);
                 return Ok(());
             }
         }
@@ -433,21 +429,30 @@ impl Memory {
                 user: user_key,
                 deadline,
                 ttl: ttl_ms(deadline - now),
-                queued: deadline,
             },
         );
         Counters::bump(&self.shared.counters.sessions_created);
-        shard.deadlines.push(Reverse(Due {
-            at: deadline,
-            room: room.id.clone(),
-            key: session_key,
-        }));
+        self.queue_room(room, &mut shard.deadlines, deadline);
         self.shared.live_sessions.fetch_add(1, Ordering::Relaxed);
-        self.shared.wake_sweeper_by(deadline);
         if came_online {
             self.changed(room, &mut shard.pending, now);
         }
         Ok(())
+    }
+
+    /// Makes sure the sweeper scans `room` by `at` (a session deadline).
+    fn queue_room(
+        &self,
+        room: &mut Room,
+        deadlines: &mut BinaryHeap<Reverse<(Millis, Id)>>,
+        at: Millis,
+    ) {
+        if room.queued.is_some_and(|queued| queued <= at) {
+            return;
+        }
+        room.queued = Some(at);
+        deadlines.push(Reverse((at, room.id.clone())));
+        self.shared.wake_sweeper_by(at);
     }
 
     /// The room, created (within the `max_rooms` bound) if absent.
@@ -725,42 +730,64 @@ impl Memory {
         let now = self.shared.clock.now();
         let retention = self.shared.limits.retention.as_millis() as Millis;
         let cap = self.shared.limits.max_list_limit as usize;
+        // A room's sessions are expired in batches at most one coalescing
+        // window apart: its watchers see one change per window anyway, and
+        // a big room whose sessions lapse one by one is not rescanned for
+        // each of them.
+        let batch = self.shared.limits.snapshot_interval.as_millis() as Millis;
         let mut next: Option<Millis> = None;
         let mut budget = SWEEP_BUDGET;
         for shard in self.shared.rooms.iter() {
             let mut guard = shard.lock().unwrap_or_else(|e| e.into_inner());
             let shard = &mut *guard;
             let mut touched: Vec<Id> = Vec::new();
-            while let Some(Reverse(due)) = shard.deadlines.peek() {
-                if due.at > now {
+            while let Some(Reverse((at, _))) = shard.deadlines.peek() {
+                if *at > now {
                     break;
                 }
                 if budget == 0 {
                     next = Some(now);
                     break;
                 }
-                budget -= 1;
-                let Reverse(due) = shard.deadlines.pop().expect("peeked");
-                let Some(room) = shard.rooms.get_mut(&due.room) else {
+                let Reverse((at, room_id)) = shard.deadlines.pop().expect("peeked");
+                let Some(room) = shard.rooms.get_mut(&room_id) else {
                     continue;
                 };
-                let Some(session) = room.sessions.get_mut(&due.key) else {
-                    continue;
+                if room.queued != Some(at) {
+                    continue; // superseded by an earlier entry of this room
+                }
+                // Scan the room: end what is due (within the budget), and
+                // queue the room again at its earliest remaining deadline,
+                // but no sooner than one coalescing window from now.
+                let mut expired = Vec::new();
+                let mut earliest: Option<Millis> = None;
+                let mut more = false;
+                for (id, session) in &room.sessions {
+                    if session.deadline > now {
+                        earliest =
+                            Some(earliest.map_or(session.deadline, |e| e.min(session.deadline)));
+                    } else if expired.len() < budget {
+                        expired.push(id.clone());
+                    } else {
+                        more = true;
+                    }
+                }
+                budget -= expired.len();
+                let mut went_offline = false;
+                for id in &expired {
+                    Counters::bump(&self.shared.counters.sessions_expired);
+                    went_offline |= self.end_session(room, &mut shard.purges, id, now);
+                }
+                room.queued = if more {
+                    Some(now)
+                } else {
+                    earliest.map(|at| at.max(now.saturating_add(batch)))
                 };
-                if session.queued != due.at {
-                    continue; // a duplicate entry; the live one is elsewhere in the heap
+                if let Some(at) = room.queued {
+                    shard.deadlines.push(Reverse((at, room_id.clone())));
                 }
-                if session.deadline > now {
-                    session.queued = session.deadline;
-                    shard.deadlines.push(Reverse(Due {
-                        at: session.deadline,
-                        ..due
-                    }));
-                    continue;
-                }
-                Counters::bump(&self.shared.counters.sessions_expired);
-                if self.end_session(room, &mut shard.purges, &due.key, now) {
-                    touched.push(due.room);
+                if went_offline {
+                    touched.push(room_id);
                 }
             }
             while let Some(Reverse(due)) = shard.purges.peek() {
@@ -809,8 +836,8 @@ impl Memory {
                     publisher.pending = false;
                 }
             }
-            if let Some(Reverse(due)) = shard.deadlines.peek() {
-                next = earliest(next, due.at);
+            if let Some(Reverse((at, _))) = shard.deadlines.peek() {
+                next = earliest(next, *at);
             }
             if let Some(Reverse(due)) = shard.purges.peek() {
                 next = earliest(next, due.at);
@@ -980,6 +1007,7 @@ impl Room {
             users: HashMap::new(),
             order: BTreeMap::new(),
             sessions: HashMap::new(),
+            queued: None,
             online: 0,
             next_seq: 0,
             version: version_floor(now),

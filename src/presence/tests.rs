@@ -130,6 +130,49 @@ fn sweep_reports_the_next_deadline() {
 }
 
 #[test]
+fn a_rooms_sessions_expire_in_batches_one_window_apart() {
+    // Default coalescing window: 50 ms.
+    let (m, clock) = engine();
+    m.heartbeat("r", "a", "sa", SEC).unwrap(); // due at T0 + 2500
+    clock.advance(20);
+    m.heartbeat("r", "b", "sb", SEC).unwrap(); // due at T0 + 2520
+    m.heartbeat("q", "c", "sc", SEC).unwrap(); // another room, also T0 + 2520
+    clock.advance(2_480);
+    // "a" ends; the room is looked at again one window later, not at 2520.
+    assert_eq!(m.sweep(), Some(T0 + 2_520));
+    assert_eq!(listing(&m, "r"), users(&[("b", true), ("a", false)]));
+    clock.advance(20);
+    assert_eq!(m.sweep(), Some(T0 + 2_550));
+    assert_eq!(
+        listing(&m, "q"),
+        users(&[("c", false)]),
+        "its own room's timing"
+    );
+    assert_eq!(listing(&m, "r"), users(&[("b", true), ("a", false)]));
+    clock.advance(30);
+    m.sweep();
+    assert_eq!(listing(&m, "r"), users(&[("b", false), ("a", false)]));
+    assert_eq!(m.stats().sessions, 0);
+}
+
+#[test]
+fn without_a_window_sessions_expire_at_their_deadline() {
+    let (m, clock) = engine_with(Limits {
+        snapshot_interval: Duration::ZERO,
+        ..Limits::default()
+    });
+    m.heartbeat("r", "a", "sa", SEC).unwrap();
+    clock.advance(1);
+    m.heartbeat("r", "b", "sb", SEC).unwrap();
+    clock.advance(2_499);
+    assert_eq!(m.sweep(), Some(T0 + 2_501));
+    clock.advance(1);
+    m.sweep();
+    assert_eq!(listing(&m, "r"), users(&[("b", false), ("a", false)]));
+    assert_eq!(m.stats().sessions, 0);
+}
+
+#[test]
 fn offline_users_are_kept_for_the_retention_then_forgotten() {
     let (m, clock) = engine_with(Limits {
         retention: Duration::from_secs(60),
@@ -563,8 +606,11 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
     #[test]
     fn engine_matches_a_simple_model(ops in prop::collection::vec(op(), 1..80)) {
+        // No coalescing window: the model expires sessions exactly at
+        // their deadline, the engine then too (see the batching test).
         let (m, clock) = engine_with(Limits {
             retention: Duration::from_millis(RETENTION_MS),
+            snapshot_interval: Duration::ZERO,
             ..Limits::default()
         });
         let mut model = Model::default();

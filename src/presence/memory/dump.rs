@@ -122,20 +122,14 @@ impl Memory {
                         user: user_key.clone(),
                         deadline,
                         ttl: super::ttl_ms(ttl),
-                        queued: deadline,
                     },
                 );
-                shard.deadlines.push(Reverse(Due {
-                    at: deadline,
-                    room: id.clone(),
-                    key: session_key,
-                }));
+                self.queue_room(&mut room, &mut shard.deadlines, deadline);
                 if let Some(user) = room.users.get_mut(&user_key) {
                     user.sessions += 1;
                 }
                 self.shared.live_sessions.fetch_add(1, Ordering::Relaxed);
                 Counters::bump(&self.shared.counters.sessions_created);
-                self.shared.wake_sweeper_by(deadline);
                 restored.sessions += 1;
             }
 
