@@ -13,6 +13,7 @@
 //! - [`telemetry`]: the per-call span, log line and metrics layer.
 
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod grpc;
 pub mod metrics;

@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
@@ -27,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::auth::limits::Limiter;
 use crate::auth::{jwt, Authenticator};
+use crate::coalesce::Coalesced;
 use crate::config::Config;
 use crate::grpc::pb::presence_service_server::PresenceServiceServer;
 use crate::grpc::{pb, PresenceApi};
@@ -279,10 +281,14 @@ impl App {
         let tls_enabled = tls.is_some();
         let server: Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
             match tls {
-                Some(acceptor) => Box::pin(server.serve_with_incoming_shutdown(
-                    acceptor.incoming(listener, stop_accepting.clone()),
-                    stop,
-                )),
+                Some(acceptor) => Box::pin(
+                    server.serve_with_incoming_shutdown(
+                        acceptor
+                            .incoming(listener, stop_accepting.clone())
+                            .map(|conn| conn.map(Coalesced::new)),
+                        stop,
+                    ),
+                ),
                 None => Box::pin(server.serve_with_incoming_shutdown(
                     plain_incoming(listener, stop_accepting.clone()),
                     stop,
@@ -368,13 +374,14 @@ async fn peer_info(mut req: axum::extract::Request) -> axum::extract::Request {
 
 /// Accepted plaintext connections, with TCP_NODELAY set: tonic sets it only
 /// on listeners it binds itself, and without it a reply written in two
-/// parts waits ~40 ms for the peer's delayed ACK (Nagle). Accept errors (out
+/// parts waits ~40 ms for the peer's delayed ACK (Nagle). Each is
+/// [`Coalesced`]: one write per HTTP/2 flush. Accept errors (out
 /// of file descriptors) are logged and retried after a pause instead of
 /// ending the server.
 fn plain_incoming(
     listener: TcpListener,
     cancel: CancellationToken,
-) -> ReceiverStream<std::io::Result<tokio::net::TcpStream>> {
+) -> ReceiverStream<std::io::Result<Coalesced<tokio::net::TcpStream>>> {
     let (tx, rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(async move {
         loop {
@@ -385,7 +392,7 @@ fn plain_incoming(
             match accepted {
                 Ok((tcp, _)) => {
                     let _ = tcp.set_nodelay(true);
-                    if tx.send(Ok(tcp)).await.is_err() {
+                    if tx.send(Ok(Coalesced::new(tcp))).await.is_err() {
                         return;
                     }
                 }
