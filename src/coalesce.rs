@@ -117,13 +117,20 @@ mod tests {
         conn.write_all(b"frame head").await.unwrap();
         conn.write_all(&[7; 2000]).await.unwrap();
         conn.write_all(b"trailers").await.unwrap();
-        assert!(conn.io.get_ref().0.is_empty(), "nothing written before the flush");
+        assert!(
+            conn.io.get_ref().0.is_empty(),
+            "nothing written before the flush"
+        );
         conn.flush().await.unwrap();
         assert_eq!(conn.io.get_ref().0.len(), 1);
         assert_eq!(conn.io.get_ref().0[0].len(), 10 + 2000 + 8);
 
         conn.write_all(&[1; CAPACITY]).await.unwrap();
-        assert_eq!(conn.io.get_ref().0.len(), 2, "a write of the capacity is not copied");
+        assert_eq!(
+            conn.io.get_ref().0.len(),
+            2,
+            "a write of the capacity is not copied"
+        );
         conn.shutdown().await.unwrap();
     }
 }

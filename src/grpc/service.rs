@@ -272,12 +272,6 @@ where
         if this.done {
             return Poll::Ready(None);
         }
-        if this.shutdown.as_mut().poll(cx).is_ready() {
-            this.done = true;
-            return Poll::Ready(Some(Err(Status::unavailable(
-                "the presence service is shutting down; reconnect",
-            ))));
-        }
         loop {
             match Pin::new(&mut this.subscription).poll_next(cx) {
                 Poll::Ready(Some(snapshot)) => {
@@ -295,7 +289,18 @@ where
                     this.done = true;
                     return Poll::Ready(None);
                 }
-                Poll::Pending => return Poll::Pending,
+                // Shutdown is looked at only when there is nothing to send
+                // (its future takes a lock per poll, and this stream is
+                // polled twice per delivery); its waker stays registered.
+                Poll::Pending => {
+                    if this.shutdown.as_mut().poll(cx).is_ready() {
+                        this.done = true;
+                        return Poll::Ready(Some(Err(Status::unavailable(
+                            "the presence service is shutting down; reconnect",
+                        ))));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }
