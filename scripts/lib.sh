@@ -25,7 +25,22 @@ need_apt() {
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# free_port prints a TCP port that was free on 127.0.0.1 a moment ago.
+# free_port prints a TCP port that was free on 127.0.0.1 a moment ago, below
+# Linux's ephemeral range (32768 and up) so that no outgoing connection is
+# given it before the server binds it.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+    python3 - <<'PY'
+import random, socket
+for _ in range(1000):
+    port = random.randrange(20000, 32000)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(port)
+        break
+else:
+    raise SystemExit("no free port in 20000-31999 on 127.0.0.1")
+PY
 }

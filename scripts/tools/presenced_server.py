@@ -9,6 +9,7 @@ teardown fails the run if it died or logged a panic while the tests ran.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,9 +36,18 @@ class Presenced:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, below Linux's ephemeral range (32768 and
+    up), so that no outgoing connection is given it before presenced binds it
+    (the Rust tests do the same)."""
+    for _ in range(1000):
+        port = random.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-31999 on 127.0.0.1")
 
 
 def _wait_listening(port: int, proc: subprocess.Popen[bytes], log_path: Path, timeout: float = 30.0) -> None:
