@@ -112,6 +112,11 @@ pub struct Restored {
     pub users: usize,
     /// Sessions restored.
     pub sessions: usize,
+    /// Rooms not restored because `max_rooms` was reached.
+    pub rooms_dropped: usize,
+    /// Sessions not restored: `max_sessions` or the per-user-and-room bound
+    /// was reached (or their room was dropped).
+    pub sessions_dropped: usize,
     /// When the state was written, unix ms.
     pub written_at: Millis,
 }
@@ -315,14 +320,23 @@ impl Persister {
 pub fn report(loaded: &Loaded, path: &Path) {
     match loaded {
         Loaded::Missing => info!(path = %path.display(), "no saved presence state; starting empty"),
-        Loaded::Restored(r) => info!(
-            path = %path.display(),
-            rooms = r.rooms,
-            users = r.users,
-            sessions = r.sessions,
-            written_at_ms = r.written_at,
-            "presence state restored"
-        ),
+        Loaded::Restored(r) => {
+            info!(
+                path = %path.display(),
+                rooms = r.rooms,
+                users = r.users,
+                sessions = r.sessions,
+                written_at_ms = r.written_at,
+                "presence state restored"
+            );
+            if r.rooms_dropped + r.sessions_dropped > 0 {
+                warn!(
+                    rooms_dropped = r.rooms_dropped,
+                    sessions_dropped = r.sessions_dropped,
+                    "saved presence state exceeds the configured limits; the excess was not restored"
+                );
+            }
+        }
         Loaded::SetAside { reason, moved_to } => warn!(
             path = %path.display(),
             moved_to = %moved_to.display(),
@@ -412,6 +426,46 @@ mod tests {
         // The restored session id still belongs to its room.
         assert!(after.heartbeat("other", "alice", "a1", ten).is_err());
         assert!(after.list_room("r", false, 0).unwrap().version > snapshot.version);
+    }
+
+    #[test]
+    fn a_restore_keeps_to_the_limits_in_force_now() {
+        let clock = ManualClock::new(T0);
+        let before = store(&clock);
+        let sec = Duration::from_secs(10);
+        for (room, user, session) in [
+            ("a", "u1", "s1"),
+            ("a", "u1", "s2"),
+            ("a", "u2", "s3"),
+            ("b", "u3", "s4"),
+            ("c", "u4", "s5"),
+        ] {
+            before.heartbeat(room, user, session, sec).unwrap();
+        }
+        let after = Memory::new(
+            Limits {
+                max_rooms: 2,
+                max_sessions: 3,
+                max_sessions_per_user_room: 1,
+                ..Limits::default()
+            },
+            Arc::new(clock.clone()),
+        );
+        let restored = after.import(before.export());
+        assert_eq!(restored.rooms + restored.rooms_dropped, 3);
+        assert_eq!((restored.rooms, restored.rooms_dropped), (2, 1));
+        assert_eq!(restored.sessions + restored.sessions_dropped, 5);
+        let stats = after.stats();
+        assert_eq!((stats.rooms, stats.sessions), (2, restored.sessions));
+        assert!(stats.sessions <= 3);
+        // Wherever room "a" was restored, u1 kept one of its two sessions.
+        let a = after.list_room("a", false, 0).unwrap();
+        if a.total_count > 0 {
+            assert_eq!((a.online_count, a.total_count), (2, 2));
+            assert!(restored.sessions_dropped >= 1);
+        }
+        // At the limit now: a new room is refused as it would be live.
+        assert!(after.heartbeat("d", "u5", "s6", sec).is_err());
     }
 
     #[test]

@@ -66,7 +66,8 @@ impl Memory {
     /// from the saved ones (and never fall below the wall-clock floor).
     pub fn import(&self, state: State) -> Restored {
         let now = self.shared.clock.now();
-        let retention = self.shared.limits.retention.as_millis() as Millis;
+        let limits = &self.shared.limits;
+        let retention = limits.retention.as_millis() as Millis;
         let mut restored = Restored {
             written_at: state.written_at,
             ..Restored::default()
@@ -75,6 +76,12 @@ impl Memory {
             let mut guard = self.shared.room_shard(&saved.id);
             let shard = &mut *guard;
             if shard.rooms.contains_key(saved.id.as_str()) || saved.users.is_empty() {
+                continue;
+            }
+            // The limits in force now apply to what was saved under others.
+            if self.shared.live_rooms.load(Ordering::Relaxed) >= limits.max_rooms {
+                restored.rooms_dropped += 1;
+                restored.sessions_dropped += saved.sessions.len();
                 continue;
             }
             let id: Id = Id::from(saved.id);
@@ -106,6 +113,16 @@ impl Memory {
                 else {
                     continue;
                 };
+                let over_user_room = room
+                    .users
+                    .get(&user_key)
+                    .is_some_and(|u| u.sessions as usize >= limits.max_sessions_per_user_room);
+                if over_user_room
+                    || self.shared.live_sessions.load(Ordering::Relaxed) >= limits.max_sessions
+                {
+                    restored.sessions_dropped += 1;
+                    continue;
+                }
                 let session_key: Id = Id::from(session.id);
                 {
                     // Lock order: room shard (held), then index shard.
