@@ -65,6 +65,14 @@ export interface PresenceOptions {
   disconnectWhenHidden?: boolean;
   /** Transport to the server; default: grpc-web to `baseUrl`. */
   transport?: Transport;
+  /**
+   * The user's JWT, for a presenced that requires one (sent as
+   * `authorization: Bearer …` with each heartbeat; watching and ending the
+   * session use the tokens the heartbeat returns). A function is called
+   * before every heartbeat, so it can hand out a refreshed token; if it
+   * throws, that heartbeat fails and is retried like any other.
+   */
+  accessToken?: string | (() => string | Promise<string>);
   /** URL the pagehide beacon goes to; default `${baseUrl}/v1/disconnect`. */
   beaconUrl?: string;
   /** Retries after failed heartbeats; default 500 ms up to min(interval, 30 s). */
@@ -121,6 +129,7 @@ export class PresenceClient {
   private readonly watchBackoff: BackoffOptions;
   private readonly random: () => number;
   private readonly onError: ((error: unknown, operation: PresenceOperation) => void) | undefined;
+  private readonly accessToken: PresenceOptions["accessToken"];
 
   private phase: PresencePhase = "idle";
   /**
@@ -164,6 +173,7 @@ export class PresenceClient {
     this.intervalMs = intervalMs;
     this.limit = options.limit ?? 0;
     this.disconnectWhenHidden = options.disconnectWhenHidden ?? true;
+    this.accessToken = options.accessToken;
     const transport = options.transport ?? createGrpcWebTransport({ baseUrl: baseUrl! });
     this.rpc = createClient(PresenceService, transport);
     this.beaconUrl = options.beaconUrl ?? (baseUrl ? baseUrl + DISCONNECT_PATH : undefined);
@@ -280,6 +290,7 @@ export class PresenceClient {
   private async runHeartbeat(epoch: number): Promise<void> {
     let tokens: Tokens | undefined;
     try {
+      const jwt = typeof this.accessToken === "function" ? await this.accessToken() : this.accessToken;
       const response = await this.rpc.heartbeat(
         {
           roomId: this.roomId,
@@ -287,7 +298,7 @@ export class PresenceClient {
           sessionId: this.sessionId,
           interval: durationFromMs(this.intervalMs),
         },
-        { timeoutMs: this.intervalMs },
+        { timeoutMs: this.intervalMs, headers: jwt ? { authorization: `Bearer ${jwt}` } : undefined },
       );
       tokens = { roomToken: response.roomToken, sessionToken: response.sessionToken };
     } catch (error) {

@@ -18,20 +18,23 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-/** A TCP port that was free on 127.0.0.1 a moment ago. */
-export function freePort(): Promise<number> {
-  return new Promise((resolvePort, reject) => {
-    const server = createServer();
-    server.unref();
-    server.on("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address();
-      server.close(() => {
-        if (address && typeof address === "object") resolvePort(address.port);
-        else reject(new Error("no port"));
-      });
+/**
+ * A TCP port that was free on 127.0.0.1 a moment ago, below Linux's
+ * ephemeral range (32768 and up), so that no outgoing connection is given it
+ * before the server binds it (the Rust and Python tests do the same).
+ */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 1000; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 12_000);
+    const free = await new Promise<boolean>((done) => {
+      const server = createServer();
+      server.unref();
+      server.once("error", () => done(false));
+      server.listen(port, "127.0.0.1", () => server.close(() => done(true)));
     });
-  });
+    if (free) return port;
+  }
+  throw new Error("no free port in 20000-31999 on 127.0.0.1");
 }
 
 /** Resolves once 127.0.0.1:port accepts a TCP connection. */

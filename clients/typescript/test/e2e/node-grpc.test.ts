@@ -1,7 +1,10 @@
 // The Node path, for real: @connectrpc/connect-node's gRPC (HTTP/2)
 // transport against a real presenced, the generated client for every RPC,
 // and PresenceClient surviving a server restart.
-import { randomUUID } from "node:crypto";
+import { createHmac, randomBytes, randomUUID } from "node:crypto";
+import { mkdtempSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-node";
 import { durationFromMs, timestampDate } from "@bufbuild/protobuf/wkt";
@@ -313,6 +316,88 @@ describe("PresenceClient in Node", () => {
         .toEqual(["ada:true", "grace:true"]);
     } finally {
       await client.stop();
+    }
+  });
+});
+
+/** An HS256 JWT for `sub`, signed with `secret`, valid for a minute. */
+function jwt(sub: string, secret: string): string {
+  const part = (value: object) => Buffer.from(JSON.stringify(value)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub, iss: "ts-e2e", aud: "presence", exp: now + 60 })}`;
+  return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
+
+describe("PresenceClient against a presenced that requires JWTs", () => {
+  it("sends a fresh token with each heartbeat, and fails without one", async () => {
+    const secret = randomBytes(32).toString("hex");
+    const secretFile = join(mkdtempSync(join(tmpdir(), "presenced-jwt-")), "jwt.secret");
+    writeFileSync(secretFile, secret);
+    const server = await startPresenced([
+      "--jwt-hs256-secret-file",
+      secretFile,
+      "--jwt-issuer",
+      "ts-e2e",
+      "--jwt-audience",
+      "presence",
+    ]);
+    const room = newRoom("jwt");
+    const clients: PresenceClient[] = [];
+    try {
+      const refused: unknown[] = [];
+      clients.push(
+        new PresenceClient({
+          transport: createNodeTransport(server.url),
+          roomId: room,
+          userId: "eve",
+          intervalMs: 1_000,
+          environment: null,
+          onError: (e) => refused.push(e),
+        }).start(),
+      );
+      await expect.poll(() => refused.length, { timeout: 5_000 }).toBeGreaterThan(0);
+      expect(ConnectError.from(refused[0]).code).toBe(Code.Unauthenticated);
+
+      let issued = 0;
+      const errors: unknown[] = [];
+      const ada = new PresenceClient({
+        transport: createNodeTransport(server.url),
+        roomId: room,
+        userId: "ada",
+        intervalMs: 1_000,
+        environment: null,
+        accessToken: async () => {
+          issued++;
+          return jwt("ada", secret);
+        },
+        onError: (e) => errors.push(e),
+      }).start();
+      clients.push(ada);
+      await expect.poll(() => ada.getUsers()?.map((u) => `${u.userId}:${u.online}`), { timeout: 5_000 }).toEqual([
+        "ada:true",
+      ]);
+      // One token per heartbeat: a refreshed token reaches the server.
+      await expect.poll(() => issued, { timeout: 5_000 }).toBeGreaterThanOrEqual(3);
+      expect(errors).toEqual([]);
+
+      // Someone else's token does not let a client act as ada.
+      const denied: unknown[] = [];
+      clients.push(
+        new PresenceClient({
+          transport: createNodeTransport(server.url),
+          roomId: room,
+          userId: "ada",
+          intervalMs: 1_000,
+          environment: null,
+          accessToken: jwt("mallory", secret),
+          onError: (e) => denied.push(e),
+        }).start(),
+      );
+      await expect.poll(() => denied.length, { timeout: 5_000 }).toBeGreaterThan(0);
+      expect(ConnectError.from(denied[0]).code).toBe(Code.PermissionDenied);
+    } finally {
+      await Promise.all(clients.map((c) => c.stop()));
+      await server.stop();
     }
   });
 });
