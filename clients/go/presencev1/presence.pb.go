@@ -41,7 +41,8 @@ type HeartbeatRequest struct {
 	// choice), unique for its (room, user); at most 256 bytes by default.
 	SessionId string `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// How often the client heartbeats, from 1 s to 10 min. The session ends
-	// 2.5 × interval after its last heartbeat.
+	// 2.5 × interval after its last heartbeat (a room's expired sessions are
+	// ended together, at most one snapshot interval, 50 ms by default, late).
 	Interval *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
 }
 

@@ -48,7 +48,8 @@ export type HeartbeatRequest = Message<"presence.v1.HeartbeatRequest"> & {
 
   /**
    * How often the client heartbeats, from 1 s to 10 min. The session ends
-   * 2.5 × interval after its last heartbeat.
+   * 2.5 × interval after its last heartbeat (a room's expired sessions are
+   * ended together, at most one snapshot interval, 50 ms by default, late).
    *
    * @generated from field: google.protobuf.Duration interval = 4;
    */
