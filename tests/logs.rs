@@ -11,18 +11,10 @@ use presenced::grpc::pb;
 use presenced::grpc::pb::presence_service_client::PresenceServiceClient;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use common::free_port;
+use common::{exited, free_port, heartbeat};
 
 fn beat(session: &str) -> pb::HeartbeatRequest {
-    pb::HeartbeatRequest {
-        room_id: "room".into(),
-        user_id: "user".into(),
-        session_id: session.into(),
-        interval: Some(prost_types::Duration {
-            seconds: 10,
-            nanos: 0,
-        }),
-    }
+    heartbeat("room", "user", session, 10)
 }
 
 #[tokio::test]
@@ -197,18 +189,6 @@ async fn serving(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     Err("no SERVING health check within 10 s".into())
-}
-
-/// Waits for the child without blocking the runtime (which still drives
-/// this test's client connections, so they can close when told to).
-async fn exited(child: &mut std::process::Child) -> std::process::ExitStatus {
-    for _ in 0..600 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("presenced did not exit within 15 s");
 }
 
 #[tokio::test]

@@ -298,18 +298,6 @@ async fn a_corrupt_state_file_is_set_aside_and_the_service_starts() {
     assert!(state.contains("\"id\":\"u\""));
 }
 
-/// Waits for the child without blocking the runtime (which still drives
-/// this test's client connections, so they can close when told to).
-async fn exited(child: &mut std::process::Child) -> std::process::ExitStatus {
-    for _ in 0..600 {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("presenced did not exit within 15 s");
-}
-
 #[test]
 fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
     let file = tempfile::NamedTempFile::new().unwrap();

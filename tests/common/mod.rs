@@ -139,6 +139,18 @@ pub fn pairs(list: &[(&str, bool)]) -> Vec<(String, bool)> {
     list.iter().map(|(u, o)| (u.to_string(), *o)).collect()
 }
 
+/// Waits for the child without blocking the runtime (which still drives
+/// this test's client connections, so they can close when told to).
+pub async fn exited(child: &mut std::process::Child) -> std::process::ExitStatus {
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("presenced did not exit within 15 s");
+}
+
 /// Polls `check` until it holds or `timeout` passes.
 #[macro_export]
 macro_rules! assert_eventually {
