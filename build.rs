@@ -6,6 +6,7 @@ use prost::Message;
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    git_revision();
     let proto = "proto/presence/v1/presence.proto";
     println!("cargo:rerun-if-changed={proto}");
 
@@ -44,4 +45,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::grpc::wire::Codec")
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// `PRESENCED_GIT_REVISION` for the `presenced_build_info` metric: the
+/// commit checked out when it was built, or `unknown` outside a git
+/// checkout (a source tarball).
+fn git_revision() {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let revision =
+        git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".to_owned());
+    println!("cargo:rustc-env=PRESENCED_GIT_REVISION={revision}");
+    // Rebuilt when the checked-out commit moves.
+    if let Some(head) = git(&["rev-parse", "--git-path", "HEAD"]) {
+        println!("cargo:rerun-if-changed={head}");
+    }
+    if let Some(reference) = git(&["symbolic-ref", "-q", "HEAD"]) {
+        if let Some(path) = git(&["rev-parse", "--git-path", &reference]) {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
 }

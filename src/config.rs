@@ -636,8 +636,62 @@ impl Config {
         }
     }
 
-    /// Checks values that parse but make no sense together.
+    /// Refuses to serve on `addr` without authentication unless it is a
+    /// loopback address or `--allow-unauthenticated-public` says so.
+    pub fn check_bind(&self, addr: SocketAddr) -> Result<(), String> {
+        if self.auth_enabled() || addr.ip().is_loopback() || self.allow_unauthenticated_public {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on non-loopback address {addr} without authentication; \
+             configure JWT keys, service keys or mTLS, or pass --allow-unauthenticated-public \
+             if anyone who can reach it may act as any user"
+        ))
+    }
+
+    /// Checks everything a start would refuse, without starting: values
+    /// that parse but make no sense (together), the listen address without
+    /// authentication, and files and directories that cannot be used. The
+    /// same check runs for `--check-config` and at every start.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_values()?;
+        self.check_bind(self.listen)?;
+        self.check_files()
+    }
+
+    /// Files the configuration names must be readable, and `--data-dir`
+    /// usable (a directory, or creatable, and writable).
+    fn check_files(&self) -> Result<(), String> {
+        let readable = [
+            (
+                "--jwt-hs256-secret-file",
+                self.jwt_hs256_secret_file.as_deref(),
+            ),
+            ("--jwks-file", self.jwks_file.as_deref()),
+            ("--tls-cert", self.tls_cert.as_deref()),
+            ("--tls-key", self.tls_key.as_deref()),
+            ("--tls-client-ca", self.tls_client_ca.as_deref()),
+        ]
+        .into_iter()
+        .chain(self.jwt_public_key_file.iter().map(|f| {
+            (
+                "--jwt-public-key-file",
+                Some(f.rsplit_once('=').map_or(f.as_str(), |(_, p)| p)),
+            )
+        }));
+        for (flag, path) in readable {
+            if let Some(path) = path {
+                std::fs::File::open(path).map_err(|e| format!("{flag} {path}: {e}"))?;
+            }
+        }
+        if let Some(dir) = &self.data_dir {
+            check_dir_writable(dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense together.
+    fn validate_values(&self) -> Result<(), String> {
         if self.min_interval.is_zero() || self.min_interval > self.max_interval {
             return Err(format!(
                 "--min-interval ({}) must be positive and at most --max-interval ({})",
@@ -711,6 +765,27 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A directory presenced can keep its state in: it exists and takes a new
+/// file, or it can be created (its nearest existing ancestor takes one).
+fn check_dir_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => std::path::Path::new("."),
+        };
+    }
+    if !existing.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", existing.display()),
+        ));
+    }
+    let probe = existing.join(format!(".presenced-probe-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(&probe)
 }
 
 /// The file key of a setting: its long flag name with `_` for `-`; `None`

@@ -38,13 +38,29 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match presenced::serve(listener, config, shutdown_signal()).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    let app = tokio::select! {
+        app = presenced::App::new(config) => app,
+        () = shutdown_signal() => return std::process::ExitCode::SUCCESS,
+    };
+    match app {
+        Ok(app) => match app.serve(listener, shutdown_signal()).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(%err, "presenced stopped");
+                exit_code(&err)
+            }
+        },
         Err(err) => {
-            tracing::error!(%err, "presenced stopped");
-            std::process::ExitCode::FAILURE
+            tracing::error!(%err, "presenced cannot start");
+            exit_code(&err)
         }
     }
+}
+
+/// 2 for a configuration that cannot work (as for `--check-config`), 1 for
+/// anything else.
+fn exit_code(err: &presenced::server::Error) -> std::process::ExitCode {
+    std::process::ExitCode::from(if err.is_config() { 2 } else { 1 })
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -6,18 +6,21 @@
 //! places, all read or updated without locks on the request path:
 //! - per-call counters and latency histograms, updated by the
 //!   [`telemetry`](crate::telemetry) layer around every call;
-//! - the engine's gauges and counters ([`Memory::stats`],
-//!   [`Memory::counts`]), read at scrape time;
-//! - process CPU, memory and file descriptors from `/proc/self`, read at
-//!   scrape time (Linux; absent elsewhere).
+//! - the store's gauges and counters ([`Store::stats`], [`Store::counts`],
+//!   its health), read at scrape time;
+//! - process CPU, memory and file descriptors from `/proc/self` (the
+//!   `procfs` crate), read at scrape time (Linux; absent elsewhere).
 //!
 //! Names (all prefixed `presenced_` except the standard `process_*`):
-//! `rpc_started_total`, `rpc_handled_total`, `rpc_duration_seconds`,
-//! `requests_rejected_total`, `store_errors_total`, `sessions`,
-//! `online_users`, `rooms`, `watch_streams`, `sessions_created_total`,
-//! `sessions_ended_total`, `users_purged_total`, `snapshots_built_total`,
-//! `snapshots_delivered_total`, `snapshots_coalesced_total`,
-//! `persist_writes_total`, `persist_last_success_timestamp_seconds`.
+//! `build_info`, `rpc_started_total`, `rpc_handled_total`,
+//! `rpc_duration_seconds`, `requests_rejected_total`, `store_errors_total`,
+//! `store_up`, `sessions`, `online_users`, `rooms`, `watch_streams`,
+//! `sessions_created_total`, `sessions_ended_total`, `users_purged_total`,
+//! `snapshots_built_total`, `snapshots_delivered_total`,
+//! `snapshots_coalesced_total`, `sweeps_total`, `store_resyncs_total`,
+//! `store_resynced_rooms_total`, `store_notifier_reconnects_total`,
+//! `store_call_duration_seconds` (Redis), `persist_writes_total`,
+//! `persist_last_success_timestamp_seconds` (`--data-dir`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -30,8 +33,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::presence::persist::Persister;
-use crate::presence::Memory;
+use crate::presence::{AnyStore, Health, Store};
 
 /// Labels of a call: `service`, `method`.
 pub type CallLabels = [(&'static str, &'static str); 2];
@@ -69,8 +71,8 @@ pub struct RpcMetrics {
 }
 
 impl Metrics {
-    /// Metrics of `store` (and of `persister`, when state is persisted).
-    pub fn new(store: Memory, persister: Option<Persister>) -> Self {
+    /// Metrics of a server over `store`.
+    pub fn new(store: AnyStore) -> Self {
         let mut registry = Registry::default();
         let rpc = RpcMetrics {
             started: Family::default(),
@@ -109,7 +111,7 @@ impl Metrics {
             "Calls that failed on the server's side (store failing or unreachable)",
             rpc.store_errors.clone(),
         );
-        registry.register_collector(Box::new(EngineCollector { store, persister }));
+        registry.register_collector(Box::new(EngineCollector { store }));
         #[cfg(target_os = "linux")]
         registry.register_collector(Box::new(ProcessCollector));
         Self {
@@ -127,10 +129,9 @@ impl Metrics {
     }
 }
 
-/// Reads the engine's gauges and counters at scrape time.
+/// Reads the store's gauges and counters at scrape time.
 struct EngineCollector {
-    store: Memory,
-    persister: Option<Persister>,
+    store: AnyStore,
 }
 
 impl fmt::Debug for EngineCollector {
@@ -153,6 +154,26 @@ impl Collector for EngineCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let stats = self.store.stats();
         let counts = self.store.counts();
+        {
+            let g = ConstGauge::new(1i64);
+            let mut family = enc.encode_descriptor(
+                "presenced_build_info",
+                "The running build: version and git revision (always 1)",
+                None,
+                g.metric_type(),
+            )?;
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("revision", env!("PRESENCED_GIT_REVISION")),
+            ];
+            g.encode(family.encode_family(&labels)?)?;
+        }
+        gauge(
+            &mut enc,
+            "presenced_store_up",
+            "1 while the store answers (always for the embedded store), 0 while it is unreachable",
+            i64::from(self.store.health() == Health::Serving),
+        )?;
         gauge(
             &mut enc,
             "presenced_sessions",
@@ -187,13 +208,14 @@ impl Collector for EngineCollector {
             let c = ConstCounter::new(0u64);
             let mut family = enc.encode_descriptor(
                 "presenced_sessions_ended",
-                "Sessions ended, by reason (disconnect: Disconnect or beacon; expired: deadline passed)",
+                "Sessions ended by this instance, by reason (disconnect: Disconnect or beacon; expired: deadline passed; removed: RemoveRoomUser or RemoveRoom)",
                 None,
                 c.metric_type(),
             )?;
             for (reason, value) in [
                 ("disconnect", counts.sessions_disconnected),
                 ("expired", counts.sessions_expired),
+                ("removed", counts.sessions_removed),
             ] {
                 ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
             }
@@ -222,8 +244,31 @@ impl Collector for EngineCollector {
             "Changes folded into an already pending snapshot (no snapshot of their own)",
             counts.snapshots_coalesced,
         )?;
-        if let Some(persister) = &self.persister {
-            let p = persister.counts();
+        counter(
+            &mut enc,
+            "presenced_sweeps",
+            "Sweeps run by this instance (expiry, retention purges, deferred publishes)",
+            counts.sweeps,
+        )?;
+        counter(
+            &mut enc,
+            "presenced_store_resyncs",
+            "Watched rooms whose version was checked against the shared store",
+            counts.resyncs,
+        )?;
+        counter(
+            &mut enc,
+            "presenced_store_resynced_rooms",
+            "Watched rooms a resync found stale and refreshed (lost notifications)",
+            counts.resynced_rooms,
+        )?;
+        counter(
+            &mut enc,
+            "presenced_store_notifier_reconnects",
+            "Times the shared store's notification connection was re-established",
+            counts.notifier_reconnects,
+        )?;
+        if let Some(p) = self.store.memory().and_then(|m| m.persist_counts()) {
             let c = ConstCounter::new(0u64);
             let mut family = enc.encode_descriptor(
                 "presenced_persist_writes",
@@ -237,7 +282,7 @@ impl Collector for EngineCollector {
             let g = ConstGauge::new(p.last_success as f64 / 1000.0);
             g.encode(enc.encode_descriptor(
                 "presenced_persist_last_success_timestamp_seconds",
-                "When the state last written successfully was taken (unix seconds; 0: never)",
+                "When the state last written successfully was taken (unix seconds; written at every start)",
                 None,
                 g.metric_type(),
             )?)?;
@@ -246,8 +291,8 @@ impl Collector for EngineCollector {
     }
 }
 
-/// Process CPU, memory, threads and file descriptors, from `/proc/self`,
-/// with the standard `process_*` names.
+/// Process CPU, memory, threads and file descriptors, from `/proc/self`
+/// through `procfs`, with the standard `process_*` names.
 #[cfg(target_os = "linux")]
 #[derive(Debug)]
 struct ProcessCollector;
@@ -255,91 +300,67 @@ struct ProcessCollector;
 #[cfg(target_os = "linux")]
 impl Collector for ProcessCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        // Linux reports times in USER_HZ, which is 100 on every supported
-        // architecture (as prometheus/procfs assumes too).
-        const TICKS_PER_SECOND: f64 = 100.0;
-        let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-        // Fields after the parenthesised command name, which may hold spaces.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        let field = |n: usize| -> Option<f64> { fields.get(n - 3)?.parse().ok() };
-        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
-            let c = ConstCounter::new((utime + stime) / TICKS_PER_SECOND);
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        let ticks = procfs::ticks_per_second() as f64;
+        if let Ok(stat) = me.stat() {
+            let c = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
             c.encode(enc.encode_descriptor(
                 "process_cpu_seconds",
                 "Total user and system CPU time spent in seconds",
                 None,
                 c.metric_type(),
             )?)?;
-        }
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let kib = |key: &str| -> Option<f64> {
-            let line = status.lines().find(|l| l.starts_with(key))?;
-            let value: f64 = line[key.len()..].split_whitespace().next()?.parse().ok()?;
-            Some(value * 1024.0)
-        };
-        for (key, name, help) in [
-            (
-                "VmRSS:",
-                "process_resident_memory_bytes",
-                "Resident memory size in bytes",
-            ),
-            (
-                "VmSize:",
-                "process_virtual_memory_bytes",
-                "Virtual memory size in bytes",
-            ),
-        ] {
-            if let Some(bytes) = kib(key) {
-                let g = ConstGauge::new(bytes);
+            let page = procfs::page_size();
+            for (name, help, bytes) in [
+                (
+                    "process_resident_memory_bytes",
+                    "Resident memory size in bytes",
+                    stat.rss * page,
+                ),
+                (
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size in bytes",
+                    stat.vsize,
+                ),
+            ] {
+                let g = ConstGauge::new(bytes as f64);
                 g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
             }
+            gauge(
+                &mut enc,
+                "process_threads",
+                "Number of OS threads",
+                stat.num_threads,
+            )?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                let g = ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks);
+                g.encode(enc.encode_descriptor(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds",
+                    None,
+                    g.metric_type(),
+                )?)?;
+            }
         }
-        if let Some(threads) = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Threads:"))
-            .and_then(|v| v.trim().parse::<i64>().ok())
-        {
-            gauge(&mut enc, "process_threads", "Number of OS threads", threads)?;
-        }
-        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        if let Ok(fds) = me.fd_count() {
             gauge(
                 &mut enc,
                 "process_open_fds",
                 "Number of open file descriptors",
-                fds.count() as i64,
+                fds as i64,
             )?;
         }
-        if let Some(max) = std::fs::read_to_string("/proc/self/limits")
-            .ok()
-            .and_then(|l| {
-                l.lines()
-                    .find(|l| l.starts_with("Max open files"))
-                    .and_then(|l| l.split_whitespace().nth(3)?.parse::<i64>().ok())
-            })
-        {
-            gauge(
-                &mut enc,
-                "process_max_fds",
-                "Maximum number of open file descriptors",
-                max,
-            )?;
-        }
-        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("btime "))
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        });
-        if let (Some(boot), Some(start)) = (boot, field(22)) {
-            let g = ConstGauge::new(boot + start / TICKS_PER_SECOND);
-            g.encode(enc.encode_descriptor(
-                "process_start_time_seconds",
-                "Start time of the process since unix epoch in seconds",
-                None,
-                g.metric_type(),
-            )?)?;
+        if let Ok(limits) = me.limits() {
+            if let procfs::process::LimitValue::Value(max) = limits.max_open_files.soft_limit {
+                gauge(
+                    &mut enc,
+                    "process_max_fds",
+                    "Maximum number of open file descriptors",
+                    max as i64,
+                )?;
+            }
         }
         Ok(())
     }

@@ -13,8 +13,14 @@
 //! Room tokens expire (`--room-token-ttl`). Their expiry is rounded up to a
 //! half-TTL boundary so that every heartbeat within the same half window gets
 //! the *same* token: watchers that re-subscribe when the token changes do so
-//! once per half TTL, not on every heartbeat. Session tokens do not expire:
-//! they die with their session.
+//! once per half TTL, not on every heartbeat.
+//!
+//! A session token names one *incarnation* of its session (a store-given
+//! number that changes when a session id is used again after it ended), so
+//! a token kept from an earlier session cannot end a newer one with the
+//! same id. It expires [`SESSION_TOKEN_GRACE`] after the session's deadline
+//! as of the heartbeat that issued it; every heartbeat hands out a fresh
+//! one.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -33,6 +39,9 @@ const HEADER_LEN: usize = 1 + 1 + 4 + 8;
 pub const MAX_TOKEN_CHARS: usize = 4096;
 /// Shortest accepted `--token-key`, in bytes.
 pub const MIN_KEY_BYTES: usize = 32;
+/// How long a session token outlives the deadline of the heartbeat that
+/// issued it: room for clock skew between instances and the store.
+pub const SESSION_TOKEN_GRACE: Duration = Duration::from_secs(60);
 
 /// What a token grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +70,8 @@ pub struct SessionClaims {
     pub user_id: String,
     /// The session id.
     pub session_id: String,
+    /// Which life of the session (see [`crate::presence::Lease`]).
+    pub incarnation: u64,
 }
 
 /// Why a token was refused.
@@ -145,9 +156,23 @@ impl Codec {
         self.sign(Kind::Room, expiry, &[room_id])
     }
 
-    /// A token for ending one session.
-    pub fn session_token(&self, room_id: &str, user_id: &str, session_id: &str) -> String {
-        self.sign(Kind::Session, 0, &[room_id, user_id, session_id])
+    /// A token for ending one incarnation of a session whose deadline is
+    /// `deadline` (unix ms); it expires [`SESSION_TOKEN_GRACE`] later.
+    pub fn session_token(
+        &self,
+        room_id: &str,
+        user_id: &str,
+        session_id: &str,
+        incarnation: u64,
+        deadline: u64,
+    ) -> String {
+        let expiry = deadline.div_ceil(1000) + SESSION_TOKEN_GRACE.as_secs();
+        let incarnation = incarnation.to_string();
+        self.sign(
+            Kind::Session,
+            expiry,
+            &[room_id, user_id, session_id, &incarnation],
+        )
     }
 
     /// The room a room token grants.
@@ -158,12 +183,14 @@ impl Codec {
 
     /// The session a session token grants.
     pub fn verify_session(&self, token: &str) -> Result<SessionClaims, Error> {
-        let mut fields = self.verify(Kind::Session, token, 3)?.into_iter();
-        let mut next = || fields.next().expect("three fields");
+        let name = Kind::Session.name();
+        let mut fields = self.verify(Kind::Session, token, 4)?.into_iter();
+        let mut next = || fields.next().expect("four fields");
         Ok(SessionClaims {
             room_id: next(),
             user_id: next(),
             session_id: next(),
+            incarnation: next().parse().map_err(|_| Error::Malformed(name))?,
         })
     }
 
@@ -263,23 +290,29 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// A deadline a minute from now, unix ms.
+    fn later() -> u64 {
+        (now_secs() + 60) * 1000
+    }
+
     #[test]
     fn round_trips() {
         let codec = Codec::random(None);
         let room = codec.room_token("chat:42");
         assert_eq!(codec.verify_room(&room).unwrap(), "chat:42");
-        let session = codec.session_token("chat:42", "alice", "s1");
+        let session = codec.session_token("chat:42", "alice", "s1", 77, later());
         let claims = codec.verify_session(&session).unwrap();
         assert_eq!(claims.room_id, "chat:42");
         assert_eq!(claims.user_id, "alice");
         assert_eq!(claims.session_id, "s1");
+        assert_eq!(claims.incarnation, 77);
     }
 
     #[test]
     fn kinds_never_cross() {
         let codec = Codec::random(None);
         let room = codec.room_token("r");
-        let session = codec.session_token("r", "u", "s");
+        let session = codec.session_token("r", "u", "s", 1, later());
         assert!(matches!(
             codec.verify_session(&room),
             Err(Error::WrongKind { .. })
@@ -333,11 +366,26 @@ mod tests {
             codec.verify_room(&expired),
             Err(Error::Expired("room token"))
         );
-        let session = codec.session_token("r", "u", "s");
-        assert!(
-            codec.verify_session(&session).is_ok(),
-            "session tokens never expire"
+        let session = codec.session_token("r", "u", "s", 1, later());
+        assert!(codec.verify_session(&session).is_ok());
+    }
+
+    #[test]
+    fn session_tokens_expire_a_grace_after_their_sessions_deadline() {
+        let codec = Codec::random(None);
+        let grace = SESSION_TOKEN_GRACE.as_millis() as u64;
+        let now_ms = now_secs() * 1000;
+        let fresh = codec.session_token("r", "u", "s", 1, now_ms + 25_000);
+        assert!(codec.verify_session(&fresh).is_ok());
+        // Its session's deadline passed a grace ago (and a second more).
+        let old = codec.session_token("r", "u", "s", 1, now_ms - grace - 1000);
+        assert_eq!(
+            codec.verify_session(&old),
+            Err(Error::Expired("session token"))
         );
+        // Within the grace it still verifies (skew between clocks).
+        let late = codec.session_token("r", "u", "s", 1, now_ms - grace / 2);
+        assert!(codec.verify_session(&late).is_ok());
     }
 
     #[test]
@@ -355,8 +403,8 @@ mod tests {
         fn every_issued_token_verifies(room in ".{1,64}", user in ".{1,64}", session in ".{1,64}") {
             let codec = Codec::random(None);
             prop_assert_eq!(codec.verify_room(&codec.room_token(&room)).unwrap(), room.clone());
-            let claims = codec.verify_session(&codec.session_token(&room, &user, &session)).unwrap();
-            prop_assert_eq!((claims.room_id, claims.user_id, claims.session_id), (room, user, session));
+            let claims = codec.verify_session(&codec.session_token(&room, &user, &session, 9, later())).unwrap();
+            prop_assert_eq!((claims.room_id, claims.user_id, claims.session_id, claims.incarnation), (room, user, session, 9));
         }
 
         #[test]
@@ -380,7 +428,7 @@ mod tests {
             tail in "[A-Za-z0-9_-]{1,8}",
         ) {
             let codec = Codec::random(Some(Duration::from_secs(3600)));
-            for token in [codec.room_token(&room), codec.session_token(&room, &user, "s")] {
+            for token in [codec.room_token(&room), codec.session_token(&room, &user, "s", 3, later())] {
                 let truncated = &token[..cut.index(token.len())];
                 prop_assert!(codec.verify_room(truncated).is_err());
                 prop_assert!(codec.verify_session(truncated).is_err());

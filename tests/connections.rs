@@ -5,6 +5,7 @@
 
 mod common;
 
+use presenced::presence::Store as _;
 use std::time::{Duration, Instant};
 
 use common::*;

@@ -5,6 +5,7 @@ mod common;
 
 use common::*;
 use presenced::grpc::pb;
+use presenced::presence::Store as _;
 use tonic::{Code, Status};
 
 fn exhausted(err: Status, limit_name: &str) {
@@ -36,7 +37,11 @@ async fn sessions_and_rooms_per_user_and_in_all() {
         .unwrap_err();
     exhausted(err, "sessions per user limit reached: at most 3");
     // Ending a session frees its place.
-    server.store.disconnect("r1", "u", "s2");
+    server
+        .store
+        .disconnect("r1", "u", "s2", None)
+        .await
+        .unwrap();
     let err = client
         .heartbeat(heartbeat("r3", "u", "s4", 10))
         .await
@@ -62,25 +67,32 @@ async fn sessions_and_rooms_per_user_and_in_all() {
     exhausted(err, "sessions limit reached: at most 6");
     assert_eq!(server.store.stats().sessions, 6);
 
-    // Made-up room ids cannot be watched into existence past the bound
-    // either (a token for one needs the key: mint it as the server would).
+    // Made-up room ids cannot be watched past the bound either: the rooms
+    // watched on an instance are bounded by --max-rooms too (a token for
+    // one needs the key: mint it as the server would).
     let codec = presenced::token::Codec::new(&[KEY], None);
-    let err = client
-        .watch_room(pb::WatchRoomRequest {
-            room_token: codec.room_token("made-up"),
-            limit: 0,
-        })
-        .await
-        .unwrap_err();
-    exhausted(err, "rooms limit reached: at most 3");
-    let existing = client
-        .watch_room(pb::WatchRoomRequest {
-            room_token: codec.room_token("r3"),
-            limit: 0,
-        })
-        .await;
-    assert!(existing.is_ok());
-    assert_eq!(server.store.stats().rooms, 3);
+    let watch = |room: &str| pb::WatchRoomRequest {
+        room_token: codec.room_token(room),
+        limit: 0,
+    };
+    let mut open = Vec::new();
+    for room in ["r3", "made-up-1", "made-up-2", "r3"] {
+        open.push(client.watch_room(watch(room)).await.unwrap().into_inner());
+    }
+    let err = client.watch_room(watch("made-up-3")).await.unwrap_err();
+    exhausted(err, "watched rooms limit reached: at most 3");
+    let stats = server.store.stats();
+    assert_eq!(
+        (stats.rooms, stats.watched_rooms, stats.watchers),
+        (3, 3, 4)
+    );
+    drop(open);
+    assert_eventually!(
+        server.store.stats().watched_rooms == 0,
+        std::time::Duration::from_secs(3),
+        "closed streams unwatch their rooms"
+    );
+    assert!(client.watch_room(watch("made-up-3")).await.is_ok());
 }
 
 const KEY: &str = "a token key for the limits test, 32+ bytes";

@@ -5,6 +5,7 @@
 
 mod common;
 
+use presenced::presence::Store as _;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -298,11 +299,16 @@ async fn a_corrupt_state_file_is_set_aside_and_the_service_starts() {
     assert!(state.contains("\"id\":\"u\""));
 }
 
-#[test]
-fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
+#[tokio::test]
+async fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let mut config = presenced::Config::defaults();
     config.data_dir = Some(file.path().join("state"));
-    let err = presenced::App::new(config).err().expect("refused");
-    assert!(err.to_string().starts_with("--data-dir: "), "{err}");
+    let err = presenced::App::new(config).await.err().expect("refused");
+    assert!(err.is_config(), "a configuration error (exit 2): {err}");
+    assert!(
+        err.to_string()
+            .starts_with("invalid configuration: --data-dir "),
+        "{err}"
+    );
 }

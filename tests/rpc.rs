@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use presenced::grpc::pb;
+use presenced::presence::Store as _;
 use tonic::Code;
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod common;
 
+use presenced::presence::Store as _;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

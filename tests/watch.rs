@@ -2,6 +2,7 @@
 
 mod common;
 
+use presenced::presence::Store as _;
 use std::time::Duration;
 
 use common::*;

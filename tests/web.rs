@@ -3,6 +3,7 @@
 
 mod common;
 
+use presenced::presence::Store as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;

@@ -9,6 +9,7 @@ mod status;
 mod wire;
 
 pub use service::PresenceApi;
+pub use status::{grpc_code, http_status};
 
 /// Code generated from `proto/presence/v1/presence.proto`.
 #[allow(missing_docs, clippy::all, clippy::pedantic)]

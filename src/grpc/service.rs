@@ -16,7 +16,7 @@ use super::pb::presence_service_server::PresenceService;
 use super::status::token_status;
 use crate::auth::limits::{Limiter, WatchPermit};
 use crate::auth::{Authenticator, Principal};
-use crate::presence::{Snapshot, Store};
+use crate::presence::{Snapshot, Store, Subscription};
 use crate::token;
 
 /// The gRPC service. Cheap to clone (every field is a handle).
@@ -79,7 +79,12 @@ impl<S: Store> PresenceApi<S> {
             .verify_session(session_token)
             .map_err(|e| token_status("session_token", e))?;
         self.store
-            .disconnect(&claims.room_id, &claims.user_id, &claims.session_id)
+            .disconnect(
+                &claims.room_id,
+                &claims.user_id,
+                &claims.session_id,
+                Some(claims.incarnation),
+            )
             .await?;
         Ok(())
     }
@@ -108,14 +113,19 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         let req = request.into_inner();
         principal.act_as(&req.user_id)?;
         let interval = convert::interval(req.interval)?;
-        self.store
+        let lease = self
+            .store
             .heartbeat(&req.room_id, &req.user_id, &req.session_id, interval)
             .await?;
         Ok(Response::new(pb::HeartbeatResponse {
             room_token: self.tokens.room_token(&req.room_id),
-            session_token: self
-                .tokens
-                .session_token(&req.room_id, &req.user_id, &req.session_id),
+            session_token: self.tokens.session_token(
+                &req.room_id,
+                &req.user_id,
+                &req.session_id,
+                lease.incarnation,
+                lease.deadline,
+            ),
         }))
     }
 
@@ -145,7 +155,7 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         }))
     }
 
-    type WatchRoomStream = WatchRoomStream<S::Subscription>;
+    type WatchRoomStream = WatchRoomStream;
 
     #[instrument(level = "debug", skip_all)]
     async fn watch_room(
@@ -249,10 +259,11 @@ impl<S: Store> PresenceService for PresenceApi<S> {
 
 /// The response stream of one WatchRoom call: the store's snapshots as this
 /// watcher sees them (its `limit`), skipping any that would look identical to
-/// the one it sent last, and ending with UNAVAILABLE at shutdown. Dropping it
-/// (the client went away) drops the subscription, which unregisters it.
-pub struct WatchRoomStream<Sub> {
-    subscription: Sub,
+/// the one it sent last; it ends with the store's error if the store cannot
+/// read the room, and with UNAVAILABLE at shutdown. Dropping it (the client
+/// went away) drops the subscription, which unregisters it.
+pub struct WatchRoomStream {
+    subscription: Subscription,
     /// Holds this stream's place in the per-connection/per-caller counts.
     _permit: WatchPermit,
     limit: usize,
@@ -261,10 +272,7 @@ pub struct WatchRoomStream<Sub> {
     done: bool,
 }
 
-impl<Sub> Stream for WatchRoomStream<Sub>
-where
-    Sub: Stream<Item = Arc<Snapshot>> + Unpin,
-{
+impl Stream for WatchRoomStream {
     type Item = Result<pb::WatchRoomResponse, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -274,7 +282,11 @@ where
         }
         loop {
             match Pin::new(&mut this.subscription).poll_next(cx) {
-                Poll::Ready(Some(snapshot)) => {
+                Poll::Ready(Some(Err(err))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(err.into())));
+                }
+                Poll::Ready(Some(Ok(snapshot))) => {
                     if let Some(last) = &this.last {
                         if last.same_view(&snapshot, this.limit) {
                             continue;

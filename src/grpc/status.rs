@@ -1,6 +1,7 @@
 //! Every error that reaches a client goes through here: one exhaustive match
 //! per error type, so a new variant cannot slip out with the wrong code.
 
+use http::StatusCode;
 use tonic::{Code, Status};
 
 use crate::auth;
@@ -14,7 +15,15 @@ impl From<presence::Error> for Status {
             presence::Error::SessionConflict { .. } => Code::FailedPrecondition,
             presence::Error::UserNotInRoom { .. } => Code::NotFound,
             presence::Error::LimitReached { .. } => Code::ResourceExhausted,
-            presence::Error::ShuttingDown => Code::Unavailable,
+            presence::Error::ShuttingDown | presence::Error::Unavailable { .. } => {
+                Code::Unavailable
+            }
+            // The details are the operator's (the store logged them).
+            presence::Error::Corrupt { room_id, .. } => {
+                return Status::internal(format!(
+                "the presence store holds unreadable data for room {room_id:?}; see the server log"
+            ))
+            }
         };
         Status::new(code, err.to_string())
     }
@@ -33,6 +42,47 @@ impl From<auth::Error> for Status {
 impl From<auth::limits::Exceeded> for Status {
     fn from(err: auth::limits::Exceeded) -> Self {
         Status::resource_exhausted(err.to_string())
+    }
+}
+
+/// The HTTP status that stands for a gRPC code on plain HTTP routes (the
+/// beacon): client errors 4xx, server-side failures 5xx.
+pub fn http_status(code: Code) -> StatusCode {
+    match code {
+        Code::Ok => StatusCode::NO_CONTENT,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => {
+            StatusCode::BAD_REQUEST
+        }
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::PermissionDenied => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::AlreadyExists | Code::Aborted => StatusCode::CONFLICT,
+        Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        Code::Cancelled => StatusCode::REQUEST_TIMEOUT,
+        Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+        Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Code::Internal | Code::Unknown | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The gRPC code an HTTP status of a plain HTTP route stands for (the
+/// inverse of [`http_status`]; 413, a body too large, is RESOURCE_EXHAUSTED).
+pub fn grpc_code(status: StatusCode) -> Code {
+    match status.as_u16() {
+        200..=299 => Code::Ok,
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        408 => Code::Cancelled,
+        409 => Code::Aborted,
+        413 | 429 => Code::ResourceExhausted,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        500..=599 => Code::Internal,
+        _ => Code::Unknown,
     }
 }
 
@@ -80,6 +130,13 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (presence::Error::ShuttingDown, Code::Unavailable),
+            (
+                presence::Error::Unavailable {
+                    store: "redis://127.0.0.1:6379".into(),
+                    reason: "connection refused".into(),
+                },
+                Code::Unavailable,
+            ),
         ];
         for (err, code) in cases {
             let message = err.to_string();
@@ -87,6 +144,17 @@ mod tests {
             assert_eq!(status.code(), code);
             assert_eq!(status.message(), message);
         }
+    }
+
+    #[test]
+    fn unreadable_store_data_is_internal_without_its_details() {
+        let status = Status::from(presence::Error::Corrupt {
+            room_id: "r".into(),
+            detail: "WRONGTYPE at presence:{r1}:h:r".into(),
+        });
+        assert_eq!(status.code(), Code::Internal);
+        assert!(status.message().contains("\"r\""));
+        assert!(!status.message().contains("WRONGTYPE"));
     }
 
     #[test]
@@ -108,6 +176,57 @@ mod tests {
         assert_eq!(
             status.message(),
             "requests per second per user limit reached: at most 5"
+        );
+    }
+
+    #[test]
+    fn http_statuses_are_4xx_for_callers_and_5xx_for_the_server() {
+        let all = [
+            Code::Ok,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::InvalidArgument,
+            Code::DeadlineExceeded,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::FailedPrecondition,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unimplemented,
+            Code::Internal,
+            Code::Unavailable,
+            Code::DataLoss,
+            Code::Unauthenticated,
+        ];
+        for code in all {
+            let status = http_status(code);
+            let server_side = matches!(
+                code,
+                Code::Internal
+                    | Code::Unknown
+                    | Code::DataLoss
+                    | Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Unimplemented
+            );
+            assert_eq!(status.is_server_error(), server_side, "{code:?} → {status}");
+            assert!(
+                status.is_success() == (code == Code::Ok),
+                "{code:?} → {status}"
+            );
+            // The inverse names the same class of failure.
+            let back = grpc_code(status);
+            assert_eq!(http_status(back).as_u16() / 100, status.as_u16() / 100);
+        }
+        assert_eq!(
+            grpc_code(StatusCode::PAYLOAD_TOO_LARGE),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            http_status(Code::Internal),
+            StatusCode::INTERNAL_SERVER_ERROR
         );
     }
 

@@ -11,14 +11,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The live counters of one store.
 #[derive(Debug, Default)]
-pub(crate) struct Counters {
+pub struct Counters {
     pub sessions_created: AtomicU64,
     pub sessions_disconnected: AtomicU64,
     pub sessions_expired: AtomicU64,
+    pub sessions_removed: AtomicU64,
     pub users_purged: AtomicU64,
     pub snapshots_built: AtomicU64,
     pub snapshots_coalesced: AtomicU64,
     pub snapshots_delivered: AtomicU64,
+    pub sweeps: AtomicU64,
+    pub resyncs: AtomicU64,
+    pub resynced_rooms: AtomicU64,
+    pub notifier_reconnects: AtomicU64,
 }
 
 impl Counters {
@@ -34,10 +39,15 @@ impl Counters {
             sessions_created: get(&self.sessions_created),
             sessions_disconnected: get(&self.sessions_disconnected),
             sessions_expired: get(&self.sessions_expired),
+            sessions_removed: get(&self.sessions_removed),
             users_purged: get(&self.users_purged),
             snapshots_built: get(&self.snapshots_built),
             snapshots_coalesced: get(&self.snapshots_coalesced),
             snapshots_delivered: get(&self.snapshots_delivered),
+            sweeps: get(&self.sweeps),
+            resyncs: get(&self.resyncs),
+            resynced_rooms: get(&self.resynced_rooms),
+            notifier_reconnects: get(&self.notifier_reconnects),
         }
     }
 }
@@ -49,8 +59,10 @@ pub struct Counts {
     pub sessions_created: u64,
     /// Sessions ended by a disconnect (RPC or beacon).
     pub sessions_disconnected: u64,
-    /// Sessions ended because their deadline passed.
+    /// Sessions ended because their deadline passed (by this instance).
     pub sessions_expired: u64,
+    /// Sessions ended by RemoveRoomUser or RemoveRoom.
+    pub sessions_removed: u64,
     /// Offline users forgotten at the end of their retention.
     pub users_purged: u64,
     /// Room snapshots built for watchers (one per publish, shared by all of
@@ -63,4 +75,14 @@ pub struct Counts {
     /// received; a slow watcher that skipped stale ones counts only what it
     /// got).
     pub snapshots_delivered: u64,
+    /// Sweeps run (expiry, retention and deferred publishes).
+    pub sweeps: u64,
+    /// Watched rooms whose version was checked against the shared store
+    /// (0 for the embedded store).
+    pub resyncs: u64,
+    /// Rooms such a check found stale and refreshed: notifications that
+    /// were lost.
+    pub resynced_rooms: u64,
+    /// Times the shared store's notification connection was re-established.
+    pub notifier_reconnects: u64,
 }

@@ -46,9 +46,6 @@ pub const DEFAULT_MAX_SESSIONS: usize = 5_000_000;
 /// Default bound on rooms in all.
 pub const DEFAULT_MAX_ROOMS: usize = 1_000_000;
 
-/// A session lives this many intervals after its last heartbeat (× 10).
-const DEADLINE_TENTHS_OF_INTERVAL: u64 = 25;
-
 /// Bounds on input and behaviour knobs of the engine. Every field is
 /// configurable; the defaults are the `DEFAULT_*` constants.
 #[derive(Debug, Clone)]
@@ -67,9 +64,11 @@ pub struct Limits {
     pub max_list_limit: u32,
     /// How long an offline user stays listed.
     pub retention: Duration,
-    /// Minimum time between two published snapshots of one room: the first
-    /// change after a quiet period is published at once, later ones in the
-    /// window are folded into one snapshot at its end.
+    /// The longest coalescing window of a room: at most one snapshot per
+    /// window is published, changes within it are folded into one at its
+    /// end. A room's own window follows the cost of its fan-out and is
+    /// usually shorter (see [`Hub`](super::Hub)); this bounds it. Also the
+    /// batching of a room's expiries.
     pub snapshot_interval: Duration,
     /// Live sessions one user may hold in one room.
     pub max_sessions_per_user_room: usize,
@@ -100,74 +99,6 @@ impl Default for Limits {
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_rooms: DEFAULT_MAX_ROOMS,
         }
-    }
-}
-
-impl Limits {
-    /// Checks an id: non-empty and at most `max_id_bytes`.
-    pub fn check_id(&self, field: &'static str, id: &str) -> Result<(), Error> {
-        if id.is_empty() {
-            return Err(Error::invalid(field, "must not be empty"));
-        }
-        if id.len() > self.max_id_bytes {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "is {} bytes long, the limit is {} bytes",
-                    id.len(),
-                    self.max_id_bytes
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Checks a heartbeat interval and returns the session lifetime it gives
-    /// (2.5 × interval), in milliseconds.
-    pub fn session_ttl(&self, interval: Duration) -> Result<Millis, Error> {
-        if interval < self.min_interval || interval > self.max_interval {
-            return Err(Error::invalid(
-                "interval",
-                format!(
-                    "is {}, it must be from {} to {}",
-                    humantime::format_duration(interval),
-                    humantime::format_duration(self.min_interval),
-                    humantime::format_duration(self.max_interval)
-                ),
-            ));
-        }
-        Ok(interval.as_millis() as Millis * DEADLINE_TENTHS_OF_INTERVAL / 10)
-    }
-
-    /// Checks user data against `max_data_bytes`; empty data becomes `None`.
-    pub fn check_data(
-        &self,
-        data: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Option<UserData>, Error> {
-        if data.is_empty() {
-            return Ok(None);
-        }
-        let size = serde_json::to_vec(&data).map_or(usize::MAX, |v| v.len());
-        if size > self.max_data_bytes {
-            return Err(Error::invalid(
-                "data",
-                format!(
-                    "is {size} bytes as JSON, the limit is {} bytes",
-                    self.max_data_bytes
-                ),
-            ));
-        }
-        Ok(Some(Arc::new(data)))
-    }
-
-    /// Resolves a caller's `limit` (0 = default) against the cap.
-    pub fn list_limit(&self, requested: u32) -> usize {
-        let limit = if requested == 0 {
-            self.default_list_limit
-        } else {
-            requested
-        };
-        limit.min(self.max_list_limit) as usize
     }
 }
 
@@ -261,6 +192,18 @@ impl std::fmt::Debug for Memo {
 }
 
 impl Snapshot {
+    /// The listing of a room nobody is in.
+    pub fn empty(room_id: Id, version: u64) -> Self {
+        Self {
+            room_id,
+            users: Vec::new(),
+            online_count: 0,
+            total_count: 0,
+            version,
+            memo: Memo::default(),
+        }
+    }
+
     /// The first `limit` users.
     pub fn users(&self, limit: usize) -> &[UserPresence] {
         &self.users[..self.users.len().min(limit)]
@@ -275,6 +218,19 @@ impl Snapshot {
             && self.room_id == other.room_id
             && self.users(limit) == other.users(limit)
     }
+}
+
+/// What a heartbeat established: the session's incarnation and when it
+/// ends without another heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// Tells this life of the session apart from earlier and later ones with
+    /// the same id: a session token names it, so a token kept from an ended
+    /// session cannot end a newer one that reuses the id. Unique per room and
+    /// growing, across restarts too (seeded from the clock like versions).
+    pub incarnation: u64,
+    /// The session's deadline (the store's clock, unix ms).
+    pub deadline: Millis,
 }
 
 /// One room of a user, as listed by `list_user`.
@@ -324,6 +280,23 @@ pub enum Error {
     /// The engine is shutting down.
     #[error("the presence service is shutting down")]
     ShuttingDown,
+    /// The shared store cannot be reached, or did not answer in time.
+    #[error("the presence store {store} is unavailable: {reason}")]
+    Unavailable {
+        /// Which store (its address, without credentials).
+        store: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The store holds data this version cannot read (a key of the wrong
+    /// type, a corrupt value): an error for that room, never a panic.
+    #[error("the presence store holds unreadable data for room {room_id:?}: {detail}")]
+    Corrupt {
+        /// The room whose data is unreadable.
+        room_id: String,
+        /// What was wrong with it.
+        detail: String,
+    },
 }
 
 impl Error {

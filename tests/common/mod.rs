@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use presenced::grpc::pb;
 use presenced::grpc::pb::presence_service_client::PresenceServiceClient;
-use presenced::presence::Memory;
+use presenced::presence::AnyStore;
 use presenced::{App, Config};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -18,7 +18,7 @@ pub type Client = PresenceServiceClient<Channel>;
 /// A running server. Dropping it without `stop` aborts the server task.
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub store: Memory,
+    pub store: AnyStore,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), presenced::server::Error>>>,
 }
@@ -36,7 +36,7 @@ impl TestServer {
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = App::new(config).unwrap();
+        let app = App::new(config).await.unwrap();
         let store = app.store().clone();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.serve(listener, async {

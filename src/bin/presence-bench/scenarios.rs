@@ -375,9 +375,9 @@ async fn measured_rate(
 }
 
 fn fmt_count(n: u64) -> String {
-    if n >= 1_000_000 && n % 1_000_000 == 0 {
+    if n >= 1_000_000 && n.is_multiple_of(1_000_000) {
         format!("{} M", n / 1_000_000)
-    } else if n >= 1000 && n % 1000 == 0 {
+    } else if n >= 1000 && n.is_multiple_of(1000) {
         format!("{} k", n / 1000)
     } else {
         n.to_string()
@@ -860,7 +860,7 @@ pub async fn fanout(ctx: &Ctx) -> Result<Report, String> {
             let tokens = session_tokens.clone();
             let session_id = ctx.session(200 + w as u64, k as u64 / 2);
             async move {
-                if k % 2 == 0 {
+                if k.is_multiple_of(2) {
                     let reply = driver
                         .heartbeat(pb::HeartbeatRequest {
                             room_id: room,

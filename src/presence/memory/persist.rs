@@ -10,11 +10,15 @@
 //! (`presence-state.json.corrupt-<unix ms>`) and the service starts empty:
 //! never a crash, and the evidence is kept.
 //!
+//! One process per directory: a `presence.lock` file in it is locked
+//! (`flock`) for the persister's life, and a second process asked to use
+//! the same directory refuses to start. Temporary files have unique names.
+//!
 //! Format: one JSON object, `{"format": "presenced-state", "version": 1,
-//! "written_at": <unix ms>, "rooms": [...]}`; each room has its `id`,
+//! "written_at": <unix ms>, "next_incarnation": <n>, "rooms": [...]}`; each room has its `id`,
 //! `version`, its `users` in listing order (`id`, `last_disconnected` when
 //! offline, `data`) and its `sessions` (`id`, `user`, `deadline` in unix ms,
-//! `ttl` in ms). What happens to restored sessions is described at
+//! `ttl` in ms, `incarnation`). What happens to restored sessions is described at
 //! [`Memory::import`].
 
 use std::fs::{self, File};
@@ -28,11 +32,13 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::clock::{Clock, Millis, SystemClock};
-use super::memory::Memory;
+use super::Memory;
+use crate::presence::clock::{Clock, Millis, SystemClock};
 
 /// The state file's name inside the data directory.
 pub const STATE_FILE: &str = "presence-state.json";
+/// The lock file's name inside the data directory.
+pub const LOCK_FILE: &str = "presence.lock";
 /// The `format` field of a state file.
 pub const FORMAT: &str = "presenced-state";
 /// The format version this build writes and reads.
@@ -47,6 +53,10 @@ pub struct State {
     pub version: u32,
     /// When the state was taken, unix ms.
     pub written_at: Millis,
+    /// The next session incarnation the store would have given (absent in
+    /// files of earlier builds).
+    #[serde(default)]
+    pub next_incarnation: u64,
     /// Every room with users.
     pub rooms: Vec<RoomState>,
 }
@@ -58,6 +68,7 @@ impl State {
             format: FORMAT.to_owned(),
             version: VERSION,
             written_at,
+            next_incarnation: 0,
             rooms,
         }
     }
@@ -101,6 +112,10 @@ pub struct SessionState {
     pub deadline: Millis,
     /// Its lifetime per heartbeat (2.5 × interval), ms.
     pub ttl: Millis,
+    /// Which life of the session this is (0 in files of earlier builds: a
+    /// new one is given at restore).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// What [`Memory::import`] restored.
@@ -174,6 +189,10 @@ pub struct Persister {
 
 struct Inner {
     dir: PathBuf,
+    /// How often the state is written.
+    every: Duration,
+    /// Holds the directory's lock while open.
+    _lock: File,
     store: Memory,
     /// Serializes writers (the periodic task and the final save); a std
     /// mutex held only inside the blocking `save`, never across an await.
@@ -184,13 +203,33 @@ struct Inner {
 }
 
 impl Persister {
-    /// A persister of `store` in `dir`, which is created if missing.
-    pub fn new(dir: impl Into<PathBuf>, store: Memory) -> Result<Self, Error> {
+    /// A persister of `store` in `dir` (created if missing) writing every
+    /// `every`. Fails when another process holds the directory.
+    pub fn new(dir: impl Into<PathBuf>, every: Duration, store: Memory) -> Result<Self, Error> {
         let dir = dir.into();
         fs::create_dir_all(&dir).map_err(at(&dir))?;
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(at(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(at(&dir)(io::Error::new(
+                    io::ErrorKind::ResourceBusy,
+                    "in use by another presenced process (its presence.lock is locked)",
+                )))
+            }
+            Err(fs::TryLockError::Error(err)) => return Err(at(&lock_path)(err)),
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 dir,
+                every,
+                _lock: lock,
                 store,
                 writing: Mutex::new(()),
                 writes: AtomicU64::new(0),
@@ -255,21 +294,32 @@ impl Persister {
 
     fn write(&self, state: &State) -> Result<u64, Error> {
         let path = self.path();
-        let tmp = self.inner.dir.join(format!("{STATE_FILE}.tmp"));
-        let file = File::create(&tmp).map_err(at(&tmp))?;
-        let mut out = BufWriter::with_capacity(1 << 16, file);
-        serde_json::to_writer(&mut out, state).map_err(|e| at(&tmp)(e.into()))?;
-        out.flush().map_err(at(&tmp))?;
-        let file = out.into_inner().map_err(|e| at(&tmp)(e.into_error()))?;
-        file.sync_all().map_err(at(&tmp))?;
-        let bytes = file.metadata().map_err(at(&tmp))?.len();
-        drop(file);
+        let tmp = self.inner.dir.join(format!(
+            "{STATE_FILE}.tmp-{}-{}",
+            std::process::id(),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let written = self.write_to(&tmp, state);
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        let bytes = written?;
         fs::rename(&tmp, &path).map_err(at(&path))?;
         // Make the rename itself durable.
         File::open(&self.inner.dir)
             .and_then(|dir| dir.sync_all())
             .map_err(at(&self.inner.dir))?;
         Ok(bytes)
+    }
+
+    fn write_to(&self, tmp: &Path, state: &State) -> Result<u64, Error> {
+        let file = File::create(tmp).map_err(at(tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 16, file);
+        serde_json::to_writer(&mut out, state).map_err(|e| at(tmp)(e.into()))?;
+        out.flush().map_err(at(tmp))?;
+        let file = out.into_inner().map_err(|e| at(tmp)(e.into_error()))?;
+        file.sync_all().map_err(at(tmp))?;
+        Ok(file.metadata().map_err(at(tmp))?.len())
     }
 
     /// [`Persister::save`] on a blocking thread, logging the outcome.
@@ -293,8 +343,13 @@ impl Persister {
     }
 
     /// Writes the state every `every` until `cancel`.
-    pub async fn run(self, every: Duration, cancel: CancellationToken) {
-        let mut ticks = tokio::time::interval(every);
+    pub async fn run(self, cancel: CancellationToken) {
+        info!(
+            path = %self.path().display(),
+            every = %humantime::format_duration(self.inner.every),
+            "presence state is saved periodically and at shutdown"
+        );
+        let mut ticks = tokio::time::interval(self.inner.every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await; // the first tick is immediate; the state was just loaded
         loop {
@@ -379,7 +434,7 @@ mod tests {
         before.heartbeat("r", "bob", "b1", ten).unwrap();
         before.heartbeat("r", "carol", "c1", ten).unwrap();
         clock.advance(1000);
-        before.disconnect("r", "bob", "b1");
+        before.disconnect("r", "bob", "b1", None).unwrap();
         let mut data = serde_json::Map::new();
         data.insert("typing".into(), true.into());
         before.update_room_user("r", "alice", data.clone()).unwrap();
@@ -496,13 +551,24 @@ mod tests {
         before
             .heartbeat("room", "user", "session", Duration::from_secs(10))
             .unwrap();
-        let persister = Persister::new(dir.path(), before).unwrap();
+        let persister = Persister::new(dir.path(), Duration::from_secs(10), before).unwrap();
         let bytes = persister.save().unwrap();
         assert!(bytes > 0);
         assert_eq!(persister.counts().writes, 1);
         let good = fs::read(persister.path()).unwrap();
+        // One process per directory: a second persister is refused while
+        // the first holds it.
+        let err = Persister::new(dir.path(), Duration::from_secs(10), store(&clock))
+            .err()
+            .expect("the directory is locked");
+        assert!(
+            err.to_string()
+                .contains("in use by another presenced process"),
+            "{err}"
+        );
+        drop(persister);
 
-        let after = Persister::new(dir.path(), store(&clock)).unwrap();
+        let after = Persister::new(dir.path(), Duration::from_secs(10), store(&clock)).unwrap();
         match after.load().unwrap() {
             Loaded::Restored(r) => assert_eq!(r.sessions, 1),
             other => panic!("{other:?}"),
@@ -515,7 +581,8 @@ mod tests {
             ("empty", Vec::new()),
         ] {
             let dir = tempfile::tempdir().unwrap();
-            let persister = Persister::new(dir.path(), store(&clock)).unwrap();
+            let persister =
+                Persister::new(dir.path(), Duration::from_secs(10), store(&clock)).unwrap();
             fs::write(persister.path(), &bad).unwrap();
             match persister.load().unwrap() {
                 Loaded::SetAside { moved_to, .. } => {

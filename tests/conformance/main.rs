@@ -1,0 +1,98 @@
+//! The store conformance suite: the same checks, unchanged, against every
+//! store (the embedded memory store, standalone Redis, a Redis Cluster).
+//! Each store comes with a [`Harness`] that opens a fresh, isolated store on
+//! a manual clock and tells it to sweep; everything else goes through the
+//! [`Store`] trait the server uses.
+//!
+//! - `model.rs`: a plain model and the property test against it.
+//! - `scenarios.rs`: named cases (two tabs, ordering, expiry, limits under
+//!   concurrency, watchers and coalescing, restarts, …).
+
+#[path = "../common/mod.rs"]
+mod common;
+mod model;
+mod scenarios;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use presenced::presence::{Limits, ManualClock, Memory, Store};
+
+/// How the suite drives one kind of store.
+pub trait Harness: Sync {
+    /// The store.
+    type S: Store;
+    /// Whether a restart grants restored sessions one more interval (the
+    /// memory store's state file does; a shared store has nothing to
+    /// restore: its state never left Redis).
+    const RESTART_GRACE: bool;
+
+    /// A fresh store with no state, on `clock`.
+    fn open(&self, limits: Limits, clock: &ManualClock) -> impl Future<Output = Self::S> + Send;
+
+    /// Ends what has expired, purges what is past retention and publishes
+    /// what is due, as of the clock.
+    fn sweep(&self, store: &Self::S) -> impl Future<Output = ()> + Send;
+
+    /// Waits until every change made so far has reached the store's
+    /// watchers here (the memory store publishes synchronously).
+    fn settle(&self, store: &Self::S) -> impl Future<Output = ()> + Send;
+
+    /// The store after a restart of its process, on the same state.
+    fn restart(
+        &self,
+        store: Self::S,
+        limits: Limits,
+        clock: &ManualClock,
+    ) -> impl Future<Output = Self::S> + Send;
+}
+
+/// The embedded store; a restart goes through its state file's export and
+/// import.
+pub struct MemoryHarness;
+
+impl Harness for MemoryHarness {
+    type S = Memory;
+    const RESTART_GRACE: bool = true;
+
+    async fn open(&self, limits: Limits, clock: &ManualClock) -> Memory {
+        Memory::new(limits, Arc::new(clock.clone()))
+    }
+
+    async fn sweep(&self, store: &Memory) {
+        store.sweep();
+    }
+
+    async fn settle(&self, _: &Memory) {}
+
+    async fn restart(&self, store: Memory, limits: Limits, clock: &ManualClock) -> Memory {
+        let state = store.export();
+        drop(store);
+        let restarted = Memory::new(limits, Arc::new(clock.clone()));
+        restarted.import(state);
+        restarted
+    }
+}
+
+/// Every scenario and the property test, for one harness.
+macro_rules! conformance {
+    ($module:ident, $harness:expr) => {
+        mod $module {
+            use super::*;
+            use proptest::prelude::*;
+
+            scenarios::for_each!($harness);
+
+            proptest! {
+                #![proptest_config(ProptestConfig::with_cases(model::CASES))]
+                #[test]
+                fn store_matches_the_model(ops in prop::collection::vec(model::op(), 1..60)) {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                    rt.block_on(async { model::run_case(&$harness, ops).await })?;
+                }
+            }
+        }
+    };
+}
+
+conformance!(memory, MemoryHarness);
