@@ -60,16 +60,6 @@ ensure_go_tools() {
         golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
 }
 
-# gopath_env: a GOPATH in which this repo is the package tree `presenced/...`
-# (the import path of proto/'s go_package), plus Debian's Go libraries.
-# There is no module proxy here, so Go builds run in GOPATH mode.
-gopath_env() {
-    local gp="$REPO_ROOT/.gopath"
-    mkdir -p "$gp/src"
-    [ -L "$gp/src/presenced" ] || ln -sfn "$REPO_ROOT" "$gp/src/presenced"
-    export GO111MODULE=off GOFLAGS= GOPROXY=off GOPATH="$gp:/usr/share/gocode"
-}
-
 # start_presenced PORT LOGFILE: starts $PRESENCED_BIN on 127.0.0.1:PORT, sets
 # PRESENCED_PID, and waits (at most 30 s) until the port accepts connections.
 start_presenced() {
