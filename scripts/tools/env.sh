@@ -7,24 +7,35 @@
 
 TOOLS_DIR="$REPO_ROOT/scripts/tools"
 VENV="$REPO_ROOT/.venv"
+GEN_VENV="$TOOLS_DIR/.venv-gen"
 
-# ensure_venv: $VENV with the pinned Python tools (grpcio-tools, mypy-protobuf,
-# grpcurl, pytest, mypy). Reinstalls only when requirements.txt changed.
-ensure_venv() {
-    local want have
-    want=$(sha256sum "$TOOLS_DIR/requirements.txt" | cut -d' ' -f1)
-    have=$(cat "$VENV/.requirements.sha256" 2>/dev/null || true)
-    [ "$want" = "$have" ] && [ -x "$VENV/bin/python" ] && return 0
-    if [ ! -x "$VENV/bin/python" ]; then
-        log "python venv at $VENV"
-        python3 -m venv "$VENV" 2>/dev/null || {
+# ensure_venv: $VENV with the pinned Python tools (grpcurl, pytest, mypy, the
+# newest grpcio and protobuf the Python client supports). Reinstalls only when
+# requirements.txt changed.
+ensure_venv() { venv_from "$VENV" "$TOOLS_DIR/requirements.txt"; }
+
+# ensure_gen_venv: $GEN_VENV with the Python code generators (grpcio-tools,
+# mypy-protobuf), pinned in requirements-gen.txt. Apart from $VENV because the
+# generator is deliberately old (see there) and needs protobuf < 5.
+ensure_gen_venv() { venv_from "$GEN_VENV" "$TOOLS_DIR/requirements-gen.txt"; }
+
+# venv_from DIR REQUIREMENTS: a venv at DIR with the pins of REQUIREMENTS;
+# reinstalls only when that file changed.
+venv_from() {
+    local dir=$1 req=$2 want have
+    want=$(sha256sum "$req" | cut -d' ' -f1)
+    have=$(cat "$dir/.requirements.sha256" 2>/dev/null || true)
+    [ "$want" = "$have" ] && [ -x "$dir/bin/python" ] && return 0
+    if [ ! -x "$dir/bin/python" ]; then
+        log "python venv at $dir"
+        python3 -m venv "$dir" 2>/dev/null || {
             need_apt python3-venv
-            python3 -m venv "$VENV"
+            python3 -m venv "$dir"
         }
     fi
-    log "pip install -r scripts/tools/requirements.txt"
-    "$VENV/bin/pip" install -q --disable-pip-version-check -r "$TOOLS_DIR/requirements.txt"
-    echo "$want" >"$VENV/.requirements.sha256"
+    log "pip install -r ${req#"$REPO_ROOT"/}"
+    "$dir/bin/pip" install -q --disable-pip-version-check -r "$req"
+    echo "$want" >"$dir/.requirements.sha256"
 }
 
 # ensure_buf: buf from npm (@bufbuild/buf, pinned in package-lock.json); sets $BUF.
@@ -47,16 +58,6 @@ ensure_buf() {
 ensure_go_tools() {
     need_apt golang-go protobuf-compiler protoc-gen-go protoc-gen-go-grpc \
         golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
-}
-
-# gopath_env: a GOPATH in which this repo is the package tree `presenced/...`
-# (the import path of proto/'s go_package), plus Debian's Go libraries.
-# There is no module proxy here, so Go builds run in GOPATH mode.
-gopath_env() {
-    local gp="$REPO_ROOT/.gopath"
-    mkdir -p "$gp/src"
-    [ -L "$gp/src/presenced" ] || ln -sfn "$REPO_ROOT" "$gp/src/presenced"
-    export GO111MODULE=off GOFLAGS= GOPROXY=off GOPATH="$gp:/usr/share/gocode"
 }
 
 # start_presenced PORT LOGFILE: starts $PRESENCED_BIN on 127.0.0.1:PORT, sets

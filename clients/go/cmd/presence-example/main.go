@@ -25,7 +25,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	presencev1 "presenced/clients/go/presencev1"
+	presencev1 "github.com/presenced/presenced/clients/go/presencev1"
 )
 
 type config struct {
@@ -56,8 +56,9 @@ func main() {
 func run(ctx context.Context, cfg config, out io.Writer) error {
 	dialCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	// grpc-go 1.33 (Debian): WithInsecure is the plaintext option there.
-	conn, err := grpc.DialContext(dialCtx, cfg.addr, grpc.WithInsecure(), grpc.WithBlock())
+	// DialContext and WithBlock rather than grpc.NewClient (grpc-go 1.63+):
+	// the example builds with every grpc-go from 1.33 on.
+	conn, err := grpc.DialContext(dialCtx, cfg.addr, plaintext(), grpc.WithBlock())
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", cfg.addr, err)
 	}

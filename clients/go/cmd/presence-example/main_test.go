@@ -1,14 +1,16 @@
 package main
 
-// These tests run against a real presenced ($PRESENCED_BIN) on an ephemeral
-// loopback port, started once in TestMain and stopped by PID afterwards.
+// These tests run against a real presenced ($PRESENCED_BIN) on a free loopback
+// port, started once in TestMain and stopped by PID afterwards.
 
 import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand"
 	"net"
 	"os"
 	"os/exec"
@@ -22,7 +24,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
-	presencev1 "presenced/clients/go/presencev1"
+	presencev1 "github.com/presenced/presenced/clients/go/presencev1"
 )
 
 var serverAddr string
@@ -33,32 +35,18 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "PRESENCED_BIN must name a presenced binary (clients/go/test.sh sets it)")
 		os.Exit(2)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	server, exited, serverLog, err := startPresenced(bin)
 	if err != nil {
-		panic(err)
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
 	}
-	serverAddr = l.Addr().String()
-	l.Close()
-	server := exec.Command(bin, "--listen", serverAddr)
-	var serverLog bytes.Buffer
-	server.Stdout, server.Stderr = &serverLog, &serverLog
-	if err := server.Start(); err != nil {
-		panic(err)
-	}
-	code := 2
-	if waitListening(serverAddr, 30*time.Second) {
-		code = m.Run()
-	} else {
-		fmt.Fprintf(os.Stderr, "presenced did not listen on %s:\n%s", serverAddr, serverLog.String())
-	}
+	code := m.Run()
 	server.Process.Signal(os.Interrupt)
-	done := make(chan error, 1)
-	go func() { done <- server.Wait() }()
 	select {
-	case <-done:
+	case <-exited:
 	case <-time.After(15 * time.Second):
 		server.Process.Kill()
-		<-done
+		<-exited
 	}
 	if strings.Contains(serverLog.String(), "panicked") {
 		fmt.Fprintf(os.Stderr, "presenced panicked:\n%s", serverLog.String())
@@ -67,9 +55,68 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func waitListening(addr string, within time.Duration) bool {
+// startPresenced starts bin on a free port (setting serverAddr) and waits
+// until it listens. A start that exits first (the port was taken in the
+// meantime) is retried on another port.
+func startPresenced(bin string) (*exec.Cmd, chan struct{}, *bytes.Buffer, error) {
+	for attempt := 0; attempt < 3; attempt++ {
+		addr, err := freeAddr()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		server := exec.Command(bin, "--listen", addr)
+		var serverLog bytes.Buffer
+		server.Stdout, server.Stderr = &serverLog, &serverLog
+		if err := server.Start(); err != nil {
+			return nil, nil, nil, err
+		}
+		exited := make(chan struct{})
+		go func() { server.Wait(); close(exited) }()
+		if waitListening(addr, exited, 30*time.Second) {
+			serverAddr = addr
+			return server, exited, &serverLog, nil
+		}
+		select {
+		case <-exited:
+			fmt.Fprintf(os.Stderr, "presenced on %s exited:\n%s", addr, serverLog.String())
+			continue
+		default:
+			server.Process.Kill()
+			<-exited
+			return nil, nil, nil, fmt.Errorf("presenced did not listen on %s within 30 s:\n%s", addr, serverLog.String())
+		}
+	}
+	return nil, nil, nil, errors.New("presenced did not start (3 attempts)")
+}
+
+// freeAddr returns a loopback address whose port was free a moment ago,
+// below Linux's ephemeral range (32768 and up) so that no outgoing
+// connection is given it before presenced binds it (scripts/lib.sh
+// free_port does the same).
+func freeAddr() (string, error) {
+	rnd := mrand.New(mrand.NewSource(time.Now().UnixNano()))
+	for i := 0; i < 1000; i++ {
+		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", 20000+rnd.Intn(12000)))
+		if err != nil {
+			continue
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr, nil
+	}
+	return "", errors.New("no free port in 20000-31999 on 127.0.0.1")
+}
+
+// waitListening reports whether addr accepts connections before the server
+// exits or the time is up.
+func waitListening(addr string, exited <-chan struct{}, within time.Duration) bool {
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			return false
+		default:
+		}
 		if c, err := net.DialTimeout("tcp", addr, 500*time.Millisecond); err == nil {
 			c.Close()
 			return true
@@ -83,7 +130,7 @@ func dial(t *testing.T) presencev1.PresenceServiceClient {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	conn, err := grpc.DialContext(ctx, serverAddr, grpc.WithInsecure(), grpc.WithBlock())
+	conn, err := grpc.DialContext(ctx, serverAddr, plaintext(), grpc.WithBlock())
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}

@@ -1,13 +1,10 @@
-import datetime
-
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -21,7 +18,7 @@ class HeartbeatRequest(_message.Message):
     user_id: str
     session_id: str
     interval: _duration_pb2.Duration
-    def __init__(self, room_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., interval: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    def __init__(self, room_id: _Optional[str] = ..., user_id: _Optional[str] = ..., session_id: _Optional[str] = ..., interval: _Optional[_Union[_duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("room_token", "session_token")
@@ -77,7 +74,7 @@ class ListUserRequest(_message.Message):
     user_id: str
     online_only: bool
     limit: int
-    def __init__(self, user_id: _Optional[str] = ..., online_only: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., online_only: bool = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListUserResponse(_message.Message):
     __slots__ = ("rooms",)
@@ -107,7 +104,7 @@ class ListRoomRequest(_message.Message):
     room_id: str
     online_only: bool
     limit: int
-    def __init__(self, room_id: _Optional[str] = ..., online_only: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+    def __init__(self, room_id: _Optional[str] = ..., online_only: bool = ..., limit: _Optional[int] = ...) -> None: ...
 
 class ListRoomResponse(_message.Message):
     __slots__ = ("snapshot",)
@@ -161,7 +158,7 @@ class UserPresence(_message.Message):
     online: bool
     last_disconnected: _timestamp_pb2.Timestamp
     data: _struct_pb2.Struct
-    def __init__(self, user_id: _Optional[str] = ..., online: _Optional[bool] = ..., last_disconnected: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    def __init__(self, user_id: _Optional[str] = ..., online: bool = ..., last_disconnected: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class RoomPresence(_message.Message):
     __slots__ = ("room_id", "online", "last_disconnected")
@@ -171,4 +168,4 @@ class RoomPresence(_message.Message):
     room_id: str
     online: bool
     last_disconnected: _timestamp_pb2.Timestamp
-    def __init__(self, room_id: _Optional[str] = ..., online: _Optional[bool] = ..., last_disconnected: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, room_id: _Optional[str] = ..., online: bool = ..., last_disconnected: _Optional[_Union[_timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
