@@ -27,7 +27,7 @@ export type UsePresenceOptions = PresenceOptions;
  * A started {@link PresenceClient} for these options, or undefined during the
  * first render. A new client (and session) is made when an option that names
  * the session changes (baseUrl, roomId, userId, sessionId, intervalMs, limit,
- * disconnectWhenHidden, beaconUrl); `transport`, `environment` and the
+ * disconnectWhenHidden, beaconUrl, watch, pollIntervalMs, shareAcrossTabs); `transport`, `environment` and the
  * backoff options are read when it is made; `onError` is always the latest.
  * The client is stopped (its session ended) on unmount.
  *
@@ -49,6 +49,9 @@ export function usePresenceClient(options: UsePresenceOptions): PresenceClient |
     options.limit,
     options.disconnectWhenHidden,
     options.beaconUrl,
+    options.watch,
+    options.pollIntervalMs,
+    options.shareAcrossTabs,
   ]);
   const [client, setClient] = useState<PresenceClient>();
   useEffect(() => {

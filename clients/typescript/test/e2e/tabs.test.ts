@@ -1,0 +1,195 @@
+// Many tabs of one origin in one Chromium profile, over plain http (grpc-web
+// over HTTP/1.1: at most six connections to presenced's host:port). The tabs
+// share one set of WatchRoom streams (a leader elected with Web Locks, or by
+// messages where there are none), and every tab stays its own session.
+import { randomUUID } from "node:crypto";
+import type { Page } from "playwright-core";
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { createNodePresenceServiceClient } from "../../src/node.js";
+import { launchChromium, sleep, type Chromium } from "./harness.js";
+
+const presencedUrl = inject("presencedUrl");
+const appUrl = inject("appUrl");
+const backend = createNodePresenceServiceClient(presencedUrl);
+
+/**
+ * A short heartbeat interval: a session ends 5 s after its last heartbeat,
+ * so heartbeats stuck behind other tabs' streams show within seconds.
+ */
+const INTERVAL_MS = 2_000;
+const TABS = 8;
+
+let chrome: Chromium;
+
+beforeAll(async () => {
+  // presenced.test is this machine too, but an origin that is not a secure
+  // context (plain http, not localhost): no Web Locks, no crypto.randomUUID.
+  chrome = await launchChromium(["--host-resolver-rules=MAP presenced.test 127.0.0.1"]);
+});
+
+afterAll(async () => {
+  await chrome?.close();
+});
+
+interface Tab {
+  user: string;
+  page: Page;
+}
+
+type Sharing = { tabId: string; leader: boolean; election: string; streams: number } | null;
+
+function pageUrl(room: string, user: string, extra: Record<string, string> = {}, host?: string): string {
+  const url = new URL(appUrl);
+  if (host) url.hostname = host;
+  url.search = new URLSearchParams({ server: presencedUrl, room, user, interval: String(INTERVAL_MS), strict: "0", ...extra }).toString();
+  return url.toString();
+}
+
+async function openTabs(room: string, users: string[], extra?: Record<string, string>, host?: string): Promise<Tab[]> {
+  const tabs: Tab[] = [];
+  for (const user of users) {
+    const page = await chrome.openWindow(pageUrl(room, user, extra, host));
+    page.on("pageerror", (error) => console.error(`[${user}] page error: ${error.message}`));
+    tabs.push({ user, page });
+  }
+  return tabs;
+}
+
+/** `user:online` for every user the page's latest list shows. */
+async function shown(page: Page): Promise<string[]> {
+  return page.evaluate(() => {
+    const last = window.presenceDemo.lists.at(-1);
+    return last ? last.users.map((u) => `${u.userId}:${u.online}`).sort() : [];
+  });
+}
+
+/** Waits until every tab shows exactly `expected` (sorted `user:online`). */
+async function expectAllShow(tabs: Tab[], expected: string[], timeoutMs: number): Promise<number> {
+  const start = Date.now();
+  const want = [...expected].sort();
+  await expect
+    .poll(async () => {
+      const views = await Promise.all(tabs.map((t) => shown(t.page)));
+      return views.every((v) => JSON.stringify(v) === JSON.stringify(want)) ? "all" : JSON.stringify(views);
+    }, { timeout: timeoutMs, interval: 100 })
+    .toBe("all");
+  return Date.now() - start;
+}
+
+async function sharing(tabs: Tab[]): Promise<Sharing[]> {
+  return Promise.all(tabs.map((t) => t.page.evaluate(() => window.presenceDemo.sharing())));
+}
+
+async function leaders(tabs: Tab[]): Promise<Tab[]> {
+  const states = await sharing(tabs);
+  return tabs.filter((_, i) => states[i]?.leader);
+}
+
+/** Every online state of `user` that `page` rendered since `sinceMs`. */
+async function statesSince(page: Page, user: string, sinceMs: number): Promise<boolean[]> {
+  return page.evaluate(
+    ({ user, sinceMs }) =>
+      window.presenceDemo.lists
+        .filter((l) => l.at >= sinceMs)
+        .map((l) => l.users.find((u) => u.userId === user)?.online)
+        .filter((o): o is boolean => o !== undefined),
+    { user, sinceMs },
+  );
+}
+
+async function errorsOf(tabs: Tab[]): Promise<string[]> {
+  return (await Promise.all(tabs.map((t) => t.page.evaluate(() => window.presenceDemo.errors)))).flat();
+}
+
+async function roomState(room: string): Promise<string[]> {
+  const { snapshot } = await backend.listRoom({ roomId: room });
+  return snapshot!.users.map((u) => `${u.userId}:${u.online}`).sort();
+}
+
+/** The shared scenario: open, hand over the lead, join, close all. */
+async function scenario(room: string, election: "locks" | "messages", host?: string): Promise<void> {
+  const users = Array.from({ length: TABS }, (_, i) => `u${i + 1}`);
+  const tabs = await openTabs(room, users, {}, host);
+  const allOnline = users.map((u) => `${u}:true`);
+  const joinedMs = await expectAllShow(tabs, allOnline, 20_000);
+  console.log(`${election}: ${TABS} tabs each see all ${TABS} online after ${joinedMs} ms`);
+
+  const states = await sharing(tabs);
+  expect(states.map((s) => s?.election)).toEqual(users.map(() => election));
+  const lead = await leaders(tabs);
+  expect(lead).toHaveLength(1);
+  // One stream for the room, held by the leader; none in the other tabs.
+  expect(states.map((s) => s!.streams).sort()).toEqual([...users.slice(1).map(() => 0), 1]);
+
+  // Longer than a session lives without heartbeats (2.5 × 2 s): every tab's
+  // heartbeats get through, so no one drops, and no call failed.
+  const steadyFrom = Date.now();
+  await sleep(6_000);
+  for (const tab of tabs) {
+    for (const user of users) expect(await statesSince(tab.page, user, steadyFrom)).not.toContain(false);
+  }
+  expect(await errorsOf(tabs)).toEqual([]);
+  expect(await roomState(room)).toEqual(allOnline);
+
+  // The leader goes: the others stay online, one of them takes over within
+  // a few seconds, and its stream is live (the leaver shows offline).
+  const old = lead[0]!;
+  const rest = tabs.filter((t) => t !== old);
+  const closedAt = Date.now();
+  await old.page.close();
+  await expect.poll(async () => (await leaders(rest)).length, { timeout: 3_000, interval: 50 }).toBe(1);
+  const takeoverMs = Date.now() - closedAt;
+  const expectedAfter = users.map((u) => `${u}:${u !== old.user}`);
+  const shownMs = await expectAllShow(rest, expectedAfter, 5_000);
+  console.log(`${election}: new leader after ${takeoverMs} ms; ${old.user} offline everywhere ${shownMs} ms later`);
+  const newLeader = (await leaders(rest))[0]!;
+  expect(newLeader).not.toBe(old);
+  await sleep(6_000);
+  for (const tab of rest) {
+    for (const user of users.filter((u) => u !== old.user)) {
+      expect(await statesSince(tab.page, user, closedAt)).not.toContain(false);
+    }
+  }
+  expect(await roomState(room)).toEqual(expectedAfter);
+
+  // A tab that comes now is served by the new leader's stream, like the rest.
+  const [late] = await openTabs(room, ["u9"], {}, host);
+  const withLate = [...expectedAfter, "u9:true"];
+  await expectAllShow([...rest, late!], withLate, 10_000);
+  expect((await leaders([...rest, late!])).map((t) => t.user)).toEqual([newLeader.user]);
+  expect(await errorsOf([...rest, late!])).toEqual([]);
+
+  // Every tab closes: everyone is offline at once (beacons, not timeouts).
+  const endAt = Date.now();
+  await Promise.all([...rest, late!].map((t) => t.page.close()));
+  await expect.poll(() => roomState(room), { timeout: 3_000, interval: 100 }).toEqual(
+    [...users, "u9"].map((u) => `${u}:false`).sort(),
+  );
+  console.log(`${election}: all offline ${Date.now() - endAt} ms after the last tabs closed`);
+}
+
+describe("many tabs of one origin over plain http", () => {
+  it("eight tabs (Web Locks): all online and seeing each other; the leader's close hands over; closing all ends every session", async () => {
+    await scenario(`tabs-locks-${randomUUID().slice(0, 8)}`, "locks");
+  });
+
+  it("the same where Web Locks are missing (http on a non-local host: not a secure context)", async () => {
+    const probe = await chrome.openWindow(pageUrl("probe", "probe", {}, "presenced.test"));
+    expect(await probe.evaluate(() => [window.isSecureContext, "locks" in navigator])).toEqual([false, false]);
+    await probe.close();
+    await scenario(`tabs-messages-${randomUUID().slice(0, 8)}`, "messages", "presenced.test");
+  });
+
+  it("control: without sharing, eight tabs starve the six connections and heartbeats fail", async () => {
+    const room = `tabs-alone-${randomUUID().slice(0, 8)}`;
+    const users = Array.from({ length: TABS }, (_, i) => `u${i + 1}`);
+    const tabs = await openTabs(room, users, { share: "0" });
+    await sleep(8_000);
+    const views = await Promise.all(tabs.map((t) => shown(t.page)));
+    const complete = views.filter((v) => v.length === TABS && v.every((s) => s.endsWith(":true")));
+    // Some tab never sees all eight online, and heartbeats time out.
+    expect(complete.length).toBeLessThan(TABS);
+    expect((await errorsOf(tabs)).some((e) => e.startsWith("heartbeat: ConnectError: [deadline_exceeded]"))).toBe(true);
+    await Promise.all(tabs.map((t) => t.page.close()));
+  });
+});
