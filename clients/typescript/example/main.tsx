@@ -9,6 +9,9 @@
 //   hidden    "stay" keeps the session while the tab is hidden
 //   strict    "0" renders without React StrictMode
 //   share     "0" gives this tab its own streams instead of sharing the origin's
+//   offline   offline avatars the FacePile shows at most (default 2)
+//   max       avatars the FacePile shows at most (default 5)
+//   theme     "light" or "dark" (default: the system's)
 import { StrictMode, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
 import { tabHubFor } from "../src/index.js";
@@ -35,7 +38,11 @@ const config = {
   intervalMs: Number(params.get("interval") ?? 5000),
   disconnectWhenHidden: params.get("hidden") !== "stay",
   shareAcrossTabs: params.get("share") !== "0",
+  maxOffline: Number(params.get("offline") ?? 2),
+  max: Number(params.get("max") ?? 5),
+  theme: (params.get("theme") ?? "auto") as "auto" | "light" | "dark",
 };
+document.documentElement.dataset.theme = config.theme;
 
 /** What the end-to-end tests read: every list the page rendered, in order. */
 interface DemoHistory {
@@ -99,7 +106,7 @@ function App() {
         You are <strong id="me">{config.user}</strong>, on {config.server}
       </p>
       <div className="pile-row">
-        <FacePile users={users} max={5} size={40} />
+        <FacePile users={users} max={config.max} maxOffline={config.maxOffline} theme={config.theme} size={40} />
         <span className="counts" id="counts">
           {users ? `${users.onlineCount} online · ${users.totalCount} in the room` : "connecting…"}
         </span>

@@ -412,10 +412,15 @@ export class PresenceClient {
   private visibilityChanged(): void {
     if (!this.env) return;
     if (!this.disconnectWhenHidden) {
-      // Still online; a poll has nothing to show to no one, so it waits.
-      if (this.watchMode !== "poll" || (this.phase !== "active" && this.phase !== "hidden")) return;
-      if (!this.env.isVisible()) this.stopWatching();
-      else this.ensureWatch();
+      if (this.phase !== "active") return;
+      if (this.env.isVisible()) {
+        // Back in front: heartbeat now, as the timers of a hidden page (or a
+        // suspended app) may have let the session lapse.
+        void this.heartbeat();
+        this.ensureWatch();
+      } else if (this.watchMode === "poll") {
+        this.stopWatching(); // still online, but a poll has nothing to show to no one
+      }
       return;
     }
     if (!this.env.isVisible()) {
