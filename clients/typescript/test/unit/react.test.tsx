@@ -60,6 +60,7 @@ describe("usePresence", () => {
         </StrictMode>,
       ),
     );
+    expect(rendered.length).toBeGreaterThan(0);
     expect(rendered.every((u) => u === undefined)).toBe(true);
     expect(container.querySelector("[role=list]")?.getAttribute("aria-busy")).toBe("true");
     await settleAct();
