@@ -42,8 +42,9 @@ if ! git diff --exit-code --stat -- src/gen || [ -n "$(git status --porcelain --
     exit 1
 fi
 
-log "type-check and build"
+log "type-check (package, tests, both example apps) and build"
 node_modules/.bin/tsc -p tsconfig.json --noEmit
+node_modules/.bin/tsc -p example-react-native/tsconfig.json --noEmit
 node build.mjs
 # The built package imports by its public names, as an app would.
 node --input-type=module -e '

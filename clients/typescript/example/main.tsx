@@ -49,7 +49,7 @@ interface DemoHistory {
   lists: { at: number; version: string; users: { userId: string; online: boolean }[] }[];
   errors: string[];
   /** This tab's part in sharing the origin's streams (null: not sharing). */
-  sharing(): { tabId: string; leader: boolean; election: string; streams: number } | null;
+  sharing(): { tabId: string; leader: boolean; election: string; streams: number; polls: number } | null;
 }
 declare global {
   interface Window {
@@ -61,7 +61,7 @@ window.presenceDemo = {
   errors: [],
   sharing: () => {
     const hub = config.shareAcrossTabs ? tabHubFor(config.server.replace(/\/+$/, "")) : undefined;
-    return hub ? { tabId: hub.tabId, leader: hub.isLeader, election: hub.election, streams: hub.streams } : null;
+    return hub ? { tabId: hub.tabId, leader: hub.isLeader, election: hub.election, streams: hub.streams, polls: hub.polls } : null;
   },
 };
 

@@ -20,6 +20,13 @@
  * {@link PEER_TIMEOUT_MS}. Two leaders for a moment cost a duplicate stream,
  * nothing else: receivers drop snapshots they already have (by version).
  *
+ * Over plain http the leader itself could exhaust the six connections with
+ * streams for many rooms, so there it holds at most {@link HTTP1_STREAMS}
+ * streams (the rooms wanted first) and polls List for the others every
+ * {@link SHARED_POLL_INTERVAL_MS}, leaving connections for everyone's
+ * heartbeats. Over https (HTTP/2: one connection carries every call of every
+ * tab) there is no such limit.
+ *
  * Messages on the channel `presenced:<baseUrl>`:
  * - `hello`: a tab starts sharing; everyone answers with its wants, and the
  *   leader with `leader`.
@@ -42,6 +49,10 @@ import { randomUUID } from "./ids.js";
 export const PEER_TIMEOUT_MS = 90_000;
 /** Without Web Locks: how often a tab says it is alive. */
 export const ALIVE_EVERY_MS = 5_000;
+/** Over http: streams the leader holds at most; more rooms are polled. */
+export const HTTP1_STREAMS = 4;
+/** Over http, past {@link HTTP1_STREAMS} rooms: how often the leader lists each of the others. */
+export const SHARED_POLL_INTERVAL_MS = 3_000;
 /** With Web Locks: how often the leader looks for tabs that went without a word. */
 const GC_EVERY_MS = 10_000;
 /** Without Web Locks: how long a new tab listens before it may lead. */
@@ -79,6 +90,8 @@ export interface TabHub {
   readonly election: "locks" | "messages";
   /** Rooms (room, limit) this tab holds a stream for: 0 unless it leads. */
   readonly streams: number;
+  /** Rooms this tab polls for the others (over http, past {@link HTTP1_STREAMS}): 0 unless it leads. */
+  readonly polls: number;
   watch(request: SharedRequest, sink: SharedSink): SharedWatch;
 }
 
@@ -147,6 +160,9 @@ class Hub implements TabHub {
   private releaseTabLock: (() => void) | undefined;
   private gcTimer: ReturnType<typeof setInterval> | undefined;
   private readonly wantsAt = new Map<string, number>();
+  /** Order in which keys were first wanted: the first ones get the streams. */
+  private readonly order = new Map<string, number>();
+  private readonly maxStreams: number;
   // Message election.
   private since = 0;
   private readonly peers = new Map<string, { since: number; seenAt: number }>();
@@ -158,10 +174,16 @@ class Hub implements TabHub {
     this.name = `presenced:${baseUrl}`;
     this.rpc = createClient(PresenceService, createGrpcWebTransport({ baseUrl }));
     this.election = typeof navigator !== "undefined" && navigator.locks ? "locks" : "messages";
+    // Browsers speak HTTP/2 only over TLS: http: is HTTP/1.1, six connections.
+    this.maxStreams = baseUrl.startsWith("http:") ? HTTP1_STREAMS : Infinity;
   }
 
   get streams(): number {
-    return this.feeds.size;
+    return [...this.feeds.values()].filter((f) => f.mode === "stream").length;
+  }
+
+  get polls(): number {
+    return [...this.feeds.values()].filter((f) => f.mode === "poll").length;
   }
 
   watch(request: SharedRequest, sink: SharedSink): SharedWatch {
@@ -372,17 +394,27 @@ class Hub implements TabHub {
   private reconcile(): void {
     if (!this.isLeader) return;
     const wanted = new Map<string, Want>();
-    for (const list of this.wants.values()) for (const w of list) wanted.set(w.key, w);
+    for (const list of this.wants.values()) {
+      for (const w of list) {
+        wanted.set(w.key, w);
+        if (!this.order.has(w.key)) this.order.set(w.key, this.order.size);
+      }
+    }
+    const ranked = [...wanted.keys()].sort((a, b) => this.order.get(a)! - this.order.get(b)!);
+    const modeOf = (key: string): "stream" | "poll" => (ranked.indexOf(key) < this.maxStreams ? "stream" : "poll");
     for (const [key, feed] of this.feeds) {
-      if (!wanted.has(key)) {
+      if (!wanted.has(key) || feed.mode !== modeOf(key)) {
         feed.close();
         this.feeds.delete(key);
-        this.latest.delete(key);
+        if (!wanted.has(key)) {
+          this.latest.delete(key);
+          this.order.delete(key);
+        }
       }
     }
     for (const [key, w] of wanted) {
       if (this.feeds.has(key)) continue;
-      const feed = new Feed(this.rpc, w.roomId, w.limit, this.tokens.get(key) ?? w.roomToken, {
+      const feed = new Feed(this.rpc, modeOf(key), w.roomId, w.limit, this.tokens.get(key) ?? w.roomToken, {
         snapshot: (snapshot, first) => {
           this.post({ kind: "snapshot", key, data: toBinary(RoomSnapshotSchema, snapshot), first });
           this.deliver(key, snapshot, first);
@@ -417,6 +449,7 @@ class Feed {
 
   constructor(
     private readonly rpc: Client<typeof PresenceService>,
+    readonly mode: "stream" | "poll",
     private readonly roomId: string,
     private readonly limit: number,
     private token: string,
@@ -448,6 +481,32 @@ class Feed {
     let first = true;
     let error: unknown;
     try {
+      if (this.mode === "poll") {
+        let version: bigint | undefined;
+        while (!abort.signal.aborted) {
+          const { snapshot } = await this.rpc.list(
+            { roomToken: this.token, limit: this.limit },
+            { signal: abort.signal, timeoutMs: 10_000 },
+          );
+          this.failures = 0;
+          this.refusedToken = undefined;
+          // Each answer is the room now: passed on when it changed.
+          if (snapshot && snapshot.roomId === this.roomId && snapshot.version !== version) {
+            version = snapshot.version;
+            this.out.snapshot(snapshot, true);
+          }
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(done, SHARED_POLL_INTERVAL_MS);
+            function done() {
+              clearTimeout(timer);
+              abort.signal.removeEventListener("abort", done);
+              resolve();
+            }
+            abort.signal.addEventListener("abort", done);
+          });
+        }
+        return;
+      }
       for await (const response of this.rpc.watchRoom({ roomToken: token, limit: this.limit }, { signal: abort.signal })) {
         this.failures = 0;
         this.refusedToken = undefined;

@@ -79,10 +79,13 @@ async function shoot(page: Page, name: string): Promise<void> {
     els.filter((el) => getComputedStyle(el).visibility === "visible").map((el) => el.getBoundingClientRect().bottom),
   );
   const bottom = Math.max(row.y + row.height, ...tips) + 6;
+  // Only the pile and its tooltip: the member list under it is hidden for this one.
+  await page.locator("#members").evaluate((el) => (el.style.visibility = "hidden"));
   await page.screenshot({
     path: join(ARTIFACTS, `facepile-${name}-pile.png`),
     clip: { x: row.x - 6, y: row.y - 6, width: row.width + 12, height: bottom - row.y + 6 },
   });
+  await page.locator("#members").evaluate((el) => (el.style.visibility = ""));
   console.log(`FacePile screenshot: ${file}`);
 }
 

@@ -3,6 +3,7 @@
 // share one set of WatchRoom streams (a leader elected with Web Locks, or by
 // messages where there are none), and every tab stays its own session.
 import { randomUUID } from "node:crypto";
+import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
 import { createNodePresenceServiceClient } from "../../src/node.js";
@@ -36,7 +37,7 @@ interface Tab {
   page: Page;
 }
 
-type Sharing = { tabId: string; leader: boolean; election: string; streams: number } | null;
+type Sharing = { tabId: string; leader: boolean; election: string; streams: number; polls: number } | null;
 
 function pageUrl(room: string, user: string, extra: Record<string, string> = {}, host?: string): string {
   const url = new URL(appUrl);
@@ -45,10 +46,10 @@ function pageUrl(room: string, user: string, extra: Record<string, string> = {},
   return url.toString();
 }
 
-async function openTabs(room: string, users: string[], extra?: Record<string, string>, host?: string): Promise<Tab[]> {
+async function openTabs(room: string | string[], users: string[], extra?: Record<string, string>, host?: string): Promise<Tab[]> {
   const tabs: Tab[] = [];
-  for (const user of users) {
-    const page = await chrome.openWindow(pageUrl(room, user, extra, host));
+  for (const [i, user] of users.entries()) {
+    const page = await chrome.openWindow(pageUrl(typeof room === "string" ? room : room[i]!, user, extra, host));
     page.on("pageerror", (error) => console.error(`[${user}] page error: ${error.message}`));
     tabs.push({ user, page });
   }
@@ -178,6 +179,34 @@ describe("many tabs of one origin over plain http", () => {
     expect(await probe.evaluate(() => [window.isSecureContext, "locks" in navigator])).toEqual([false, false]);
     await probe.close();
     await scenario(`tabs-messages-${randomUUID().slice(0, 8)}`, "messages", "presenced.test");
+  });
+
+  it("eight tabs in eight rooms: the leader streams four (the connections stay free) and polls the rest", async () => {
+    const id = randomUUID().slice(0, 8);
+    const rooms = Array.from({ length: TABS }, (_, i) => `tabs-rooms-${id}-${i + 1}`);
+    const users = rooms.map((_, i) => `u${i + 1}`);
+    const tabs = await openTabs(rooms, users);
+    for (const [i, tab] of tabs.entries()) await expectAllShow([tab], [`${users[i]}:true`], 20_000);
+    const lead = await leaders(tabs);
+    expect(lead).toHaveLength(1);
+    const state = (await sharing(lead))[0]!;
+    expect([state.streams, state.polls]).toEqual([4, 4]);
+
+    // A change in each room reaches its tab: by stream, or by the next poll.
+    for (const room of rooms) {
+      await backend.heartbeat({ roomId: room, userId: "visitor", sessionId: randomUUID(), interval: durationFromMs(30_000) });
+    }
+    const seenAt = Date.now();
+    for (const [i, tab] of tabs.entries()) await expectAllShow([tab], [`${users[i]}:true`, "visitor:true"], 6_000);
+    console.log(`eight rooms: the visitor shown in all eight tabs after ${Date.now() - seenAt} ms`);
+    const steadyFrom = Date.now();
+    await sleep(6_000);
+    for (const [i, tab] of tabs.entries()) expect(await statesSince(tab.page, users[i]!, steadyFrom)).not.toContain(false);
+    expect(await errorsOf(tabs)).toEqual([]);
+    await Promise.all(tabs.map((t) => t.page.close()));
+    await expect.poll(async () => (await Promise.all(rooms.map(roomState))).flat().filter((u) => u.startsWith("u")), { timeout: 3_000 }).toEqual(
+      users.map((u) => `${u}:false`),
+    );
   });
 
   it("control: without sharing, eight tabs starve the six connections and heartbeats fail", async () => {
