@@ -3,8 +3,9 @@
  *
  * It heartbeats (never two heartbeats in flight), keeps the last good tokens
  * when a heartbeat fails and retries with jittered backoff, watches the room
- * and re-subscribes when the stream breaks or the room token changes, and
- * hands the latest snapshot to its subscribers. In a browser it ends its
+ * (its own WatchRoom stream, re-subscribed when it breaks or the room token
+ * changes; or the stream the browser's tabs share, see tabs.ts; or polling
+ * List), and hands the latest snapshot to its subscribers. In a browser it ends its
  * session with `navigator.sendBeacon` on `pagehide`, and by default while the
  * page is hidden (a hidden tab's timers are throttled, so its heartbeats
  * would come late and the user would flap between online and offline).

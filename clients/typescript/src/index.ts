@@ -7,7 +7,8 @@
  * presence.subscribe((snapshot) => render(snapshot.users));
  * ```
  *
- * React users: `@presenced/client/react` has `usePresence` and `FacePile`.
+ * React users: `@presenced/client/react` has `usePresence` and `FacePile`;
+ * React Native users: `@presenced/client/react-native` has the same hook.
  */
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";

@@ -176,7 +176,13 @@ describe("many tabs of one origin over plain http", () => {
 
   it("the same where Web Locks are missing (http on a non-local host: not a secure context)", async () => {
     const probe = await chrome.openWindow(pageUrl("probe", "probe", {}, "presenced.test"));
-    expect(await probe.evaluate(() => [window.isSecureContext, "locks" in navigator])).toEqual([false, false]);
+    // No Web Locks and no crypto.randomUUID: the election by messages and the
+    // session ids from getRandomValues are what the tabs below run on.
+    expect(await probe.evaluate(() => [window.isSecureContext, "locks" in navigator, "randomUUID" in crypto])).toEqual([
+      false,
+      false,
+      false,
+    ]);
     await probe.close();
     await scenario(`tabs-messages-${randomUUID().slice(0, 8)}`, "messages", "presenced.test");
   });

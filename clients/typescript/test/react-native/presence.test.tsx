@@ -18,6 +18,11 @@ import {
   type ReactNativePresenceOptions,
 } from "../../src/react-native.js";
 
+// Snapshots arrive from the network, not from an act() scope: tell React
+// this is not an act environment (the preset says it is), so it does not
+// warn about updates it cannot batch; waitFor polls for the result instead.
+(globalThis as { IS_REACT_ACT_ENVIRONMENT?: boolean }).IS_REACT_ACT_ENVIRONMENT = false;
+
 // --- a real presenced -------------------------------------------------------
 
 let server: ChildProcess | undefined;
