@@ -27,6 +27,11 @@
  * heartbeats. Over https (HTTP/2: one connection carries every call of every
  * tab) there is no such limit.
  *
+ * A tab the browser freezes (the Page Lifecycle API's `freeze`: a background
+ * tab put to sleep to save energy or memory) runs no code, so as leader it
+ * would pass nothing on: on `freeze` it stops sharing (the lock passes on),
+ * and on `resume` it joins again.
+ *
  * Messages on the channel `presenced:<baseUrl>`:
  * - `hello`: a tab starts sharing; everyone answers with its wants, and the
  *   leader with `leader`.
@@ -169,6 +174,8 @@ class Hub implements TabHub {
   private aliveTimer: ReturnType<typeof setInterval> | undefined;
   private graceTimer: ReturnType<typeof setTimeout> | undefined;
   private electing = false;
+  /** Frozen while sharing: join again on resume. */
+  private frozen = false;
 
   constructor(baseUrl: string) {
     this.name = `presenced:${baseUrl}`;
@@ -176,6 +183,21 @@ class Hub implements TabHub {
     this.election = typeof navigator !== "undefined" && navigator.locks ? "locks" : "messages";
     // Browsers speak HTTP/2 only over TLS: http: is HTTP/1.1, six connections.
     this.maxStreams = baseUrl.startsWith("http:") ? HTTP1_STREAMS : Infinity;
+    if (typeof document !== "undefined") {
+      document.addEventListener("freeze", () => {
+        if (!this.channel) return;
+        this.deactivate();
+        this.frozen = true;
+      });
+      document.addEventListener("resume", () => {
+        if (!this.frozen) return;
+        this.frozen = false;
+        if (this.locals.size > 0) {
+          this.activate();
+          this.announce();
+        }
+      });
+    }
   }
 
   get streams(): number {
@@ -206,8 +228,12 @@ class Hub implements TabHub {
       },
       close: () => {
         if (!this.locals.delete(local)) return;
-        if (this.locals.size === 0) this.deactivate();
-        else this.announce();
+        if (this.locals.size === 0) {
+          if (this.channel) this.deactivate();
+          this.frozen = false;
+        } else if (this.channel) {
+          this.announce();
+        }
       },
     };
   }

@@ -215,6 +215,39 @@ describe("many tabs of one origin over plain http", () => {
     );
   });
 
+  it("a leader the browser freezes hands over, and joins again as a follower when it resumes", async () => {
+    const room = `tabs-freeze-${randomUUID().slice(0, 8)}`;
+    const users = ["u1", "u2", "u3"];
+    const tabs = await openTabs(room, users);
+    await expectAllShow(tabs, users.map((u) => `${u}:true`), 20_000);
+    const old = (await leaders(tabs))[0]!;
+    const rest = tabs.filter((t) => t !== old);
+    const cdp = await old.page.context().newCDPSession(old.page);
+    // What a browser does to a background tab to save energy: no code runs.
+    await chrome.setWindowVisible(old.page, false);
+    await cdp.send("Page.setWebLifecycleState", { state: "frozen" });
+    await expect.poll(async () => (await leaders(rest)).length, { timeout: 3_000, interval: 50 }).toBe(1);
+    await backend.heartbeat({ roomId: room, userId: "visitor", sessionId: randomUUID(), interval: durationFromMs(30_000) });
+    // The new leader's stream is live: the visitor shows in the other tabs
+    // (whatever the frozen tab's own session does meanwhile).
+    await expect
+      .poll(async () => (await Promise.all(rest.map((t) => shown(t.page)))).every((v) => v.includes("visitor:true")), {
+        timeout: 5_000,
+        interval: 100,
+      })
+      .toBe(true);
+    await cdp.send("Page.setWebLifecycleState", { state: "active" });
+    await chrome.setWindowVisible(old.page, true);
+    await cdp.detach();
+    // One leader among all three, not the one that was frozen; it is served again.
+    await expect.poll(async () => (await leaders(tabs)).map((t) => t.user), { timeout: 3_000, interval: 50 }).toEqual(
+      [(await leaders(rest))[0]!.user],
+    );
+    await expectAllShow(tabs, [...users.map((u) => `${u}:true`), "visitor:true"], 10_000);
+    expect(await errorsOf(rest)).toEqual([]);
+    await Promise.all(tabs.map((t) => t.page.close()));
+  });
+
   it("control: without sharing, eight tabs starve the six connections and heartbeats fail", async () => {
     const room = `tabs-alone-${randomUUID().slice(0, 8)}`;
     const users = Array.from({ length: TABS }, (_, i) => `u${i + 1}`);
