@@ -59,7 +59,7 @@ export const HTTP1_STREAMS = 4;
 /** Over http, past {@link HTTP1_STREAMS} rooms: how often the leader lists each of the others. */
 export const SHARED_POLL_INTERVAL_MS = 3_000;
 /** With Web Locks: how often the leader looks for tabs that went without a word. */
-const GC_EVERY_MS = 10_000;
+const GC_EVERY_MS = 5_000;
 /** Without Web Locks: how long a new tab listens before it may lead. */
 const ELECTION_GRACE_MS = 300;
 
@@ -245,10 +245,16 @@ class Hub implements TabHub {
     this.channel.onmessage = (event: MessageEvent<Message>) => this.receive(event.data);
     this.post({ kind: "hello", tab: this.tabId });
     if (this.election === "locks") {
-      void navigator.locks.request(`${this.name}#${this.tabId}`, () => new Promise<void>((release) => (this.releaseTabLock = release)));
-      this.gcTimer = setInterval(() => void this.collect(), GC_EVERY_MS);
       const abort = new AbortController();
       this.lockAbort = abort;
+      navigator.locks
+        .request(`${this.name}#${this.tabId}`, { signal: abort.signal }, () =>
+          abort.signal.aborted ? undefined : new Promise<void>((release) => (this.releaseTabLock = release)),
+        )
+        .catch(() => {
+          // AbortError: we stopped sharing before it was ours.
+        });
+      this.gcTimer = setInterval(() => void this.collect(), GC_EVERY_MS);
       navigator.locks
         .request(this.name, { signal: abort.signal }, () => {
           if (abort.signal.aborted) return;

@@ -248,6 +248,24 @@ describe("many tabs of one origin over plain http", () => {
     await Promise.all(tabs.map((t) => t.page.close()));
   });
 
+  it("a tab that crashes (no pagehide, no bye) is noticed by its lock: the leader drops its room", async () => {
+    const id = randomUUID().slice(0, 8);
+    const tabs = await openTabs([`tabs-crash-${id}-a`, `tabs-crash-${id}-b`], ["u1", "u2"]);
+    await expectAllShow([tabs[0]!], ["u1:true"], 20_000);
+    await expectAllShow([tabs[1]!], ["u2:true"], 20_000);
+    const [leader] = await leaders(tabs);
+    const other = tabs.find((t) => t !== leader)!;
+    expect((await sharing([leader!]))[0]!.streams).toBe(2);
+    const cdp = await other.page.context().newCDPSession(other.page);
+    const crashedAt = Date.now();
+    void cdp.send("Page.crash").catch(() => {}); // the renderer dies with the page: no answer comes
+    await expect.poll(async () => (await sharing([leader!]))[0]!.streams, { timeout: 15_000, interval: 200 }).toBe(1);
+    console.log(`crashed tab's room dropped after ${Date.now() - crashedAt} ms`);
+    expect(await errorsOf([leader!])).toEqual([]);
+    await leader!.page.close();
+    await Promise.race([other.page.close().catch(() => {}), sleep(2_000)]);
+  });
+
   it("control: without sharing, eight tabs starve the six connections and heartbeats fail", async () => {
     const room = `tabs-alone-${randomUUID().slice(0, 8)}`;
     const users = Array.from({ length: TABS }, (_, i) => `u${i + 1}`);
