@@ -31,7 +31,7 @@ node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.ex
     exit 1
 }
 
-need_apt chromium
+need_apt chromium openssl
 log "npm ci"
 timeout 900 npm ci --no-audit --no-fund --loglevel=error
 

@@ -2,12 +2,22 @@
 // over HTTP/1.1: at most six connections to presenced's host:port). The tabs
 // share one set of WatchRoom streams (a leader elected with Web Locks, or by
 // messages where there are none), and every tab stays its own session.
+import { execFile } from "node:child_process";
 import { randomUUID } from "node:crypto";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { promisify } from "node:util";
+import { createClient } from "@connectrpc/connect";
+import { createGrpcTransport } from "@connectrpc/connect-node";
 import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
+import { PresenceService } from "../../src/gen/presence/v1/presence_pb.js";
 import { createNodePresenceServiceClient } from "../../src/node.js";
-import { launchChromium, sleep, type Chromium } from "./harness.js";
+import { launchChromium, sleep, startPresenced, type Chromium, type Presenced } from "./harness.js";
+
+const run = promisify(execFile);
 
 const presencedUrl = inject("presencedUrl");
 const appUrl = inject("appUrl");
@@ -25,7 +35,9 @@ let chrome: Chromium;
 beforeAll(async () => {
   // presenced.test is this machine too, but an origin that is not a secure
   // context (plain http, not localhost): no Web Locks, no crypto.randomUUID.
-  chrome = await launchChromium(["--host-resolver-rules=MAP presenced.test 127.0.0.1"]);
+  // --ignore-certificate-errors: the https tests' presenced has a
+  // certificate made for them.
+  chrome = await launchChromium(["--host-resolver-rules=MAP presenced.test 127.0.0.1", "--ignore-certificate-errors"]);
 });
 
 afterAll(async () => {
@@ -276,6 +288,74 @@ describe("many tabs of one origin over plain http", () => {
     // Some tab never sees all eight online, and heartbeats time out.
     expect(complete.length).toBeLessThan(TABS);
     expect((await errorsOf(tabs)).some((e) => e.startsWith("heartbeat: ConnectError: [deadline_exceeded]"))).toBe(true);
+    await Promise.all(tabs.map((t) => t.page.close()));
+  });
+});
+
+describe("over https (HTTP/2: one connection for every call of every tab)", () => {
+  let tls: Presenced;
+  let httpsUrl: string;
+  let tlsBackend: ReturnType<typeof createNodePresenceServiceClient>;
+
+  beforeAll(async () => {
+    const dir = mkdtempSync(join(tmpdir(), "presenced-tls-"));
+    await run("openssl", [
+      "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+      "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+      "-keyout", join(dir, "key.pem"), "-out", join(dir, "cert.pem"),
+    ]);
+    tls = await startPresenced(["--tls-cert", join(dir, "cert.pem"), "--tls-key", join(dir, "key.pem")]);
+    httpsUrl = `https://127.0.0.1:${tls.port}`;
+    tlsBackend = createClient(
+      PresenceService,
+      createGrpcTransport({ baseUrl: httpsUrl, nodeOptions: { ca: readFileSync(join(dir, "cert.pem")) } }),
+    );
+  });
+
+  afterAll(async () => {
+    await tls?.stop();
+  });
+
+  async function tlsRoomState(room: string): Promise<string[]> {
+    const { snapshot } = await tlsBackend.listRoom({ roomId: room });
+    return snapshot!.users.map((u) => `${u.userId}:${u.online}`).sort();
+  }
+
+  it("eight tabs each with its own stream (sharing off) all stay online: the six-connection limit is gone", async () => {
+    const room = `tabs-h2-${randomUUID().slice(0, 8)}`;
+    const users = Array.from({ length: TABS }, (_, i) => `u${i + 1}`);
+    const tabs = await openTabs(room, users, { share: "0", server: httpsUrl });
+    const all = users.map((u) => `${u}:true`);
+    await expectAllShow(tabs, all, 20_000);
+    // The protocol the calls went over, as Chromium's network log has it
+    // (the page cannot see it cross-origin): the next heartbeat's.
+    const cdp = await tabs[0]!.page.context().newCDPSession(tabs[0]!.page);
+    const protocols = new Set<string>();
+    cdp.on("Network.responseReceived", (event) => {
+      if (event.response.url.startsWith(httpsUrl)) protocols.add(event.response.protocol ?? "");
+    });
+    await cdp.send("Network.enable");
+    await expect.poll(() => protocols.size, { timeout: 5_000 }).toBeGreaterThan(0);
+    await cdp.detach();
+    expect([...protocols]).toEqual(["h2"]);
+    const steadyFrom = Date.now();
+    await sleep(6_000);
+    for (const tab of tabs) for (const user of users) expect(await statesSince(tab.page, user, steadyFrom)).not.toContain(false);
+    expect(await errorsOf(tabs)).toEqual([]);
+    expect(await tlsRoomState(room)).toEqual(all);
+    await Promise.all(tabs.map((t) => t.page.close()));
+    await expect.poll(() => tlsRoomState(room), { timeout: 3_000 }).toEqual(users.map((u) => `${u}:false`));
+  });
+
+  it("with sharing on, the leader streams every room: no four-stream cap over https", async () => {
+    const id = randomUUID().slice(0, 8);
+    const rooms = Array.from({ length: 6 }, (_, i) => `tabs-h2-rooms-${id}-${i + 1}`);
+    const users = rooms.map((_, i) => `u${i + 1}`);
+    const tabs = await openTabs(rooms, users, { server: httpsUrl });
+    for (const [i, tab] of tabs.entries()) await expectAllShow([tab], [`${users[i]}:true`], 20_000);
+    const [leader] = await leaders(tabs);
+    const state = (await sharing([leader!]))[0]!;
+    expect([state.streams, state.polls]).toEqual([6, 0]);
     await Promise.all(tabs.map((t) => t.page.close()));
   });
 });
