@@ -39,7 +39,7 @@ export interface FacePileProps {
    * `"all"` every user not shown, online or not.
    */
   overflow?: "online" | "all";
-  /** Avatar diameter in pixels; default 36. */
+  /** Avatar diameter in pixels; default: `--presenced-size` (36px). */
   size?: number;
   /** `"auto"` (default) follows the system's colour scheme; or force `"light"` / `"dark"`. */
   theme?: "auto" | "light" | "dark";
@@ -267,7 +267,7 @@ export function FacePile({
   maxOffline = 0,
   offlineWithinMs,
   overflow = "online",
-  size = 36,
+  size,
   theme = "auto",
   getName = defaultName,
   getImageUrl = defaultImageUrl,
@@ -323,7 +323,7 @@ export function FacePile({
       aria-busy={users === undefined}
       data-theme={theme}
       className={className ? `presenced-facepile ${className}` : "presenced-facepile"}
-      style={{ "--presenced-size": `${size}px`, ...style } as CSSProperties}
+      style={(size === undefined ? style : { "--presenced-size": `${size}px`, ...style }) as CSSProperties | undefined}
     >
       {shown.map((user, i) => {
         const name = user.isSelf ? `${getName(user)} (you)` : getName(user);

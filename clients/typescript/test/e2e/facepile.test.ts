@@ -116,6 +116,18 @@ describe("FacePile in Chromium", () => {
     await expect.poll(() => visibleTooltip(page), { timeout: 2_000 }).toEqual(["alanonline"]);
     await page.keyboard.press("Escape");
     await expect.poll(() => visibleTooltip(page), { timeout: 2_000 }).toEqual([]);
+
+    // Theming as the README says: a plain class rule of the app wins over
+    // the pile's own stylesheet, for variables and for properties.
+    await page.addStyleTag({
+      content: `.presenced-facepile { --presenced-surface: rgb(1, 2, 3); }
+        .presenced-avatar[data-online="false"] { background: rgb(200, 0, 0); }`,
+    });
+    const themed = await page.locator('.presenced-avatar[data-user-id="donald"]').evaluate((el) => {
+      const s = getComputedStyle(el);
+      return [s.boxShadow, s.backgroundColor];
+    });
+    expect(themed).toEqual(["rgb(1, 2, 3) 0px 0px 0px 2px", "rgb(200, 0, 0)"]);
     await page.close();
   });
 
