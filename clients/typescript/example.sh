@@ -4,8 +4,11 @@
 #   clients/typescript/example.sh
 #
 # Installs the npm packages if needed, starts presenced on 127.0.0.1:50051
-# ($PRESENCED_BIN if set, else the crate built with `cargo build`), then the
-# Vite dev server on http://127.0.0.1:5173. Ctrl-C stops both.
+# ($PRESENCED_BIN if set, else target/release/presenced: the binary the
+# README's first command, `cargo run --release`, builds; `cargo build
+# --release` makes sure it is current, a no-op when it is), then the Vite
+# dev server on http://127.0.0.1:5173. Ctrl-C stops both. The port is checked
+# before anything is built.
 #   PRESENCED_URL=http://host:port   use a presenced that is already running
 #   PRESENCED_PORT, EXAMPLE_PORT     other ports
 set -euo pipefail
@@ -24,15 +27,21 @@ trap stop_server EXIT
 trap 'exit 130' INT TERM
 
 if [ -z "${PRESENCED_URL:-}" ]; then
-    if [ -z "$given_bin" ]; then
-        log "cargo build (set PRESENCED_BIN to use another binary)"
-        (cd "$REPO_ROOT" && cargo build --quiet)
-    fi
     port=${PRESENCED_PORT:-50051}
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "example: 127.0.0.1:$port is taken. Is presenced already running there? Then:" >&2
         echo "  PRESENCED_URL=http://127.0.0.1:$port $0" >&2
         exit 1
+    fi
+    if [ -z "$given_bin" ]; then
+        PRESENCED_BIN=$REPO_ROOT/target/release/presenced
+        if command -v cargo >/dev/null; then
+            log "cargo build --release --bin presenced (what \`cargo run --release\` builds; a no-op when it is current)"
+            (cd "$REPO_ROOT" && cargo build --release --quiet --bin presenced)
+        elif [ ! -x "$PRESENCED_BIN" ]; then
+            echo "example: no cargo and no $PRESENCED_BIN; set PRESENCED_BIN or PRESENCED_URL" >&2
+            exit 1
+        fi
     fi
     log "presenced on 127.0.0.1:$port"
     "$PRESENCED_BIN" --listen "127.0.0.1:$port" &

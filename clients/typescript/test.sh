@@ -2,8 +2,10 @@
 # Tests the TypeScript client on a bare Debian machine: installs Chromium
 # (apt) and the npm packages (npm ci, from package-lock.json), checks that
 # src/gen/ is what gen.sh makes from proto/, type-checks and builds the
-# package, runs the Vitest unit tests, then the Node gRPC and Chromium e2e
-# tests against a real presenced ($PRESENCED_BIN, started and stopped here).
+# package, runs the Vitest unit tests, then against a real presenced
+# ($PRESENCED_BIN, started and stopped here) the Vitest e2e tests (Node gRPC,
+# Chromium, many tabs, FacePile screenshots, the package installed from its
+# folder and from `npm pack`) and the React Native entry under Jest.
 # Exits non-zero on any failure; the last line sums up every test run.
 #
 #   PRESENCED_BIN=/path/to/presenced clients/typescript/test.sh
@@ -29,7 +31,7 @@ node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.ex
     exit 1
 }
 
-need_apt chromium
+need_apt chromium openssl
 log "npm ci"
 timeout 900 npm ci --no-audit --no-fund --loglevel=error
 
@@ -40,12 +42,20 @@ if ! git diff --exit-code --stat -- src/gen || [ -n "$(git status --porcelain --
     exit 1
 fi
 
-log "type-check and build"
+log "type-check (package, tests, both example apps) and build"
 node_modules/.bin/tsc -p tsconfig.json --noEmit
-rm -rf dist && node_modules/.bin/tsc -p tsconfig.build.json
+node_modules/.bin/tsc -p example-react-native/tsconfig.json --noEmit
+node build.mjs
 # The built package imports by its public names, as an app would.
 node --input-type=module -e '
 for (const entry of ["@presenced/client", "@presenced/client/node", "@presenced/client/react", "@presenced/client/gen"]) await import(entry);
+'
+# The React Native entry imports react-native (Flow source, not loadable by
+# Node): Jest runs it below; here, that the name resolves to what was built.
+node --input-type=module -e '
+const { existsSync } = await import("node:fs");
+const path = new URL(import.meta.resolve("@presenced/client/react-native")).pathname;
+if (!path.endsWith("/dist/react-native.js") || !existsSync(path)) throw new Error("react-native entry: " + path);
 '
 
 failures=0
@@ -71,14 +81,21 @@ for _ in $(seq 200); do
 done
 export PRESENCED_URL="http://127.0.0.1:$port"
 
-log "Node gRPC and Chromium e2e tests (Vitest, playwright-core, /usr/bin/chromium)"
+log "Node gRPC, Chromium, tabs, FacePile and package e2e tests (Vitest, playwright-core, /usr/bin/chromium)"
 run_vitest e2e vitest.e2e.config.ts 600
 
-# One closing line over both runs, from Vitest's JSON reports.
+log "React Native entry (Jest, react-native preset)"
+status=0
+timeout --kill-after=10 300 node_modules/.bin/jest --config jest.config.cjs --ci \
+    --json --outputFile="$ARTIFACTS/react-native.json" || status=$?
+[ "$status" = 0 ] || { echo "typescript: react-native tests failed (exit $status)" >&2; failures=$((failures + 1)); }
+
+# One closing line over every run, from the Vitest and Jest JSON reports
+# (same fields).
 node -e '
 const fs = require("fs");
 let passed = 0, failed = 0, skipped = 0;
-for (const name of ["unit", "e2e"]) {
+for (const name of ["unit", "e2e", "react-native"]) {
   const file = process.argv[1] + "/" + name + ".json";
   if (!fs.existsSync(file)) { failed++; continue; }
   const r = JSON.parse(fs.readFileSync(file, "utf8"));
@@ -87,7 +104,7 @@ for (const name of ["unit", "e2e"]) {
   skipped += r.numPendingTests + (r.numTodoTests || 0);
   if (r.numTotalTests === 0) failed++;
 }
-console.log(`\nFacePile screenshot: ${process.argv[1]}/facepile.png`);
+console.log(`\nFacePile screenshots: ${process.argv[1]}/facepile-{light,dark,many-offline,overflow}.png`);
 console.log(`typescript: ${passed} passed, ${failed} failed` + (skipped ? `, ${skipped} skipped` : ""));
 process.exit(failed || skipped ? 1 : 0);
 ' "$ARTIFACTS" || failures=$((failures + 1))

@@ -8,8 +8,13 @@
 //   interval  heartbeat interval in ms (default 5000)
 //   hidden    "stay" keeps the session while the tab is hidden
 //   strict    "0" renders without React StrictMode
+//   share     "0" gives this tab its own streams instead of sharing the origin's
+//   offline   offline avatars the FacePile shows at most (default 2)
+//   max       avatars the FacePile shows at most (default 5)
+//   theme     "light" or "dark" (default: the system's)
 import { StrictMode, useEffect, useState } from "react";
 import { createRoot } from "react-dom/client";
+import { tabHubFor } from "../src/index.js";
 import { FacePile, presenceStatus, usePresence, type PresenceList } from "../src/react.js";
 
 const params = new URLSearchParams(location.search);
@@ -32,19 +37,33 @@ const config = {
   user: params.get("user") ?? defaultUser(),
   intervalMs: Number(params.get("interval") ?? 5000),
   disconnectWhenHidden: params.get("hidden") !== "stay",
+  shareAcrossTabs: params.get("share") !== "0",
+  maxOffline: Number(params.get("offline") ?? 2),
+  max: Number(params.get("max") ?? 5),
+  theme: (params.get("theme") ?? "auto") as "auto" | "light" | "dark",
 };
+document.documentElement.dataset.theme = config.theme;
 
 /** What the end-to-end tests read: every list the page rendered, in order. */
 interface DemoHistory {
   lists: { at: number; version: string; users: { userId: string; online: boolean }[] }[];
   errors: string[];
+  /** This tab's part in sharing the origin's streams (null: not sharing). */
+  sharing(): { tabId: string; leader: boolean; election: string; streams: number; polls: number } | null;
 }
 declare global {
   interface Window {
     presenceDemo: DemoHistory;
   }
 }
-window.presenceDemo = { lists: [], errors: [] };
+window.presenceDemo = {
+  lists: [],
+  errors: [],
+  sharing: () => {
+    const hub = config.shareAcrossTabs ? tabHubFor(config.server.replace(/\/+$/, "")) : undefined;
+    return hub ? { tabId: hub.tabId, leader: hub.isLeader, election: hub.election, streams: hub.streams, polls: hub.polls } : null;
+  },
+};
 
 function record(users: PresenceList | undefined): void {
   if (!users) return;
@@ -62,6 +81,7 @@ function App() {
     userId: config.user,
     intervalMs: config.intervalMs,
     disconnectWhenHidden: config.disconnectWhenHidden,
+    shareAcrossTabs: config.shareAcrossTabs,
     onError: (error, operation) => {
       window.presenceDemo.errors.push(`${operation}: ${String(error)}`);
     },
@@ -86,7 +106,7 @@ function App() {
         You are <strong id="me">{config.user}</strong>, on {config.server}
       </p>
       <div className="pile-row">
-        <FacePile users={users} max={5} size={40} />
+        <FacePile users={users} max={config.max} maxOffline={config.maxOffline} theme={config.theme} size={40} />
         <span className="counts" id="counts">
           {users ? `${users.onlineCount} online · ${users.totalCount} in the room` : "connecting…"}
         </span>

@@ -3,8 +3,9 @@
  *
  * It heartbeats (never two heartbeats in flight), keeps the last good tokens
  * when a heartbeat fails and retries with jittered backoff, watches the room
- * and re-subscribes when the stream breaks or the room token changes, and
- * hands the latest snapshot to its subscribers. In a browser it ends its
+ * (its own WatchRoom stream, re-subscribed when it breaks or the room token
+ * changes; or the stream the browser's tabs share, see tabs.ts; or polling
+ * List), and hands the latest snapshot to its subscribers. In a browser it ends its
  * session with `navigator.sendBeacon` on `pagehide`, and by default while the
  * page is hidden (a hidden tab's timers are throttled, so its heartbeats
  * would come late and the user would flap between online and offline).
@@ -25,6 +26,8 @@ import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import { backoffDelay, type BackoffOptions } from "./backoff.js";
 import { browserEnvironment, type PresenceEnvironment } from "./environment.js";
 import { PresenceService, type RoomSnapshot } from "./gen/presence/v1/presence_pb.js";
+import { randomUUID } from "./ids.js";
+import { tabHubFor, type SharedWatch, type TabHub } from "./tabs.js";
 import { toPresenceList, type PresenceList } from "./users.js";
 
 /** Default heartbeat interval: the session ends 25 s after the last one. */
@@ -34,6 +37,9 @@ export const MIN_INTERVAL_MS = 1_000;
 export const MAX_INTERVAL_MS = 600_000;
 /** Path of the server's beacon route (POST, session token as text/plain). */
 export const DISCONNECT_PATH = "/v1/disconnect";
+/** Default and least time between two List calls when watching by polling. */
+export const DEFAULT_POLL_INTERVAL_MS = 3_000;
+export const MIN_POLL_INTERVAL_MS = 1_000;
 
 /** What went wrong, for {@link PresenceOptions.onError}. */
 export type PresenceOperation = "heartbeat" | "watch" | "disconnect";
@@ -65,6 +71,23 @@ export interface PresenceOptions {
   disconnectWhenHidden?: boolean;
   /** Transport to the server; default: grpc-web to `baseUrl`. */
   transport?: Transport;
+  /**
+   * How snapshots arrive: `"stream"` (default) holds a WatchRoom stream and
+   * gets each change at once; `"poll"` calls List every `pollIntervalMs`
+   * instead, for transports that cannot stream (React Native's plain fetch).
+   */
+  watch?: "stream" | "poll";
+  /** Time between two List calls with `watch: "poll"`: at least 1 s; default 3 s. */
+  pollIntervalMs?: number;
+  /**
+   * Share one set of WatchRoom streams among all tabs of this origin (default
+   * true in a browser that has `BroadcastChannel`, when no `transport` is
+   * given): one tab, elected with the Web Locks API, watches the rooms of
+   * every tab and passes the snapshots on, so tabs do not each hold a
+   * connection (a browser allows six per host over HTTP/1.1). Each tab still
+   * heartbeats its own session.
+   */
+  shareAcrossTabs?: boolean;
   /**
    * The user's JWT, for a presenced that requires one (sent as
    * `authorization: Bearer …` with each heartbeat; watching and ending the
@@ -98,13 +121,11 @@ interface Tokens {
 interface Watch {
   token: string;
   abort: AbortController;
+  /** Set when the snapshots come through the tabs' shared hub. */
+  shared?: SharedWatch;
 }
 
 type Listener = (snapshot: RoomSnapshot) => void;
-
-function randomId(): string {
-  return globalThis.crypto.randomUUID();
-}
 
 /** `ConnectError` codes that mean the room token itself was refused. */
 const TOKEN_REFUSED = new Set([
@@ -130,6 +151,9 @@ export class PresenceClient {
   private readonly random: () => number;
   private readonly onError: ((error: unknown, operation: PresenceOperation) => void) | undefined;
   private readonly accessToken: PresenceOptions["accessToken"];
+  private readonly watchMode: "stream" | "poll";
+  private readonly pollIntervalMs: number;
+  private readonly hub: TabHub | undefined;
 
   private phase: PresencePhase = "idle";
   /**
@@ -169,13 +193,21 @@ export class PresenceClient {
     }
     this.roomId = options.roomId;
     this.userId = options.userId;
-    this.sessionId = options.sessionId ?? randomId();
+    this.sessionId = options.sessionId ?? randomUUID();
     this.intervalMs = intervalMs;
     this.limit = options.limit ?? 0;
     this.disconnectWhenHidden = options.disconnectWhenHidden ?? true;
     this.accessToken = options.accessToken;
+    const pollIntervalMs = options.pollIntervalMs ?? DEFAULT_POLL_INTERVAL_MS;
+    if (!(pollIntervalMs >= MIN_POLL_INTERVAL_MS)) {
+      throw new Error(`presence: pollIntervalMs must be at least ${MIN_POLL_INTERVAL_MS}, got ${pollIntervalMs}`);
+    }
+    this.watchMode = options.watch ?? "stream";
+    this.pollIntervalMs = pollIntervalMs;
     const transport = options.transport ?? createGrpcWebTransport({ baseUrl: baseUrl! });
     this.rpc = createClient(PresenceService, transport);
+    const share = options.shareAcrossTabs ?? (options.transport === undefined && options.environment === undefined);
+    this.hub = share && baseUrl && this.watchMode === "stream" ? tabHubFor(baseUrl) : undefined;
     this.beaconUrl = options.beaconUrl ?? (baseUrl ? baseUrl + DISCONNECT_PATH : undefined);
     this.env = options.environment === null ? undefined : (options.environment ?? browserEnvironment());
     this.heartbeatBackoff = {
@@ -186,6 +218,14 @@ export class PresenceClient {
     this.watchBackoff = { initialMs: 500, maxMs: 30_000, ...options.watchBackoff };
     this.random = options.random ?? Math.random;
     this.onError = options.onError;
+  }
+
+  /**
+   * This tab's share of the origin's streams (see `shareAcrossTabs`), or
+   * undefined when this client watches on its own.
+   */
+  get sharing(): TabHub | undefined {
+    return this.hub;
   }
 
   /** Where the client is in its life (see the module comment). */
@@ -371,12 +411,25 @@ export class PresenceClient {
   }
 
   private visibilityChanged(): void {
-    if (!this.disconnectWhenHidden || !this.env) return;
+    if (!this.env) return;
+    if (!this.disconnectWhenHidden) {
+      if (this.phase !== "active") return;
+      if (this.env.isVisible()) {
+        // Back in front: heartbeat now, as the timers of a hidden page (or a
+        // suspended app) may have let the session lapse.
+        void this.heartbeat();
+        this.ensureWatch();
+      } else if (this.watchMode === "poll") {
+        this.stopWatching(); // still online, but a poll has nothing to show to no one
+      }
+      return;
+    }
     if (!this.env.isVisible()) {
       if (this.phase !== "active") return;
       this.phase = "hidden";
       this.epoch++;
       this.clearHeartbeatTimer();
+      if (this.watchMode === "poll") this.stopWatching();
       void this.endSession("beacon");
     } else if (this.phase === "hidden") {
       this.phase = "active";
@@ -410,9 +463,17 @@ export class PresenceClient {
   /** Watches the room with the latest room token, unless already doing so. */
   private ensureWatch(): void {
     if (this.phase !== "active" && this.phase !== "hidden") return;
+    if (this.watchMode === "poll" && this.env && !this.env.isVisible()) return; // polls pause while hidden
     const token = this.tokens?.roomToken;
     if (!token) return;
     if (this.watch) {
+      if (this.watch.shared) {
+        // The hub keeps its stream; a new token is for its next one, and any
+        // token is the answer to its asking for a fresh one.
+        this.watch.token = token;
+        this.watch.shared.update(token);
+        return;
+      }
       if (this.watch.token === token) return;
       this.watch.abort.abort(); // the room token changed: re-subscribe with the new one
       this.watch = undefined;
@@ -423,6 +484,20 @@ export class PresenceClient {
     }
     const watch: Watch = { token, abort: new AbortController() };
     this.watch = watch;
+    if (this.hub) {
+      watch.shared = this.hub.watch(
+        { roomId: this.roomId, roomToken: token, limit: this.limit },
+        {
+          snapshot: (snapshot, first) => {
+            if (this.watch === watch) this.accept(snapshot, first);
+          },
+          refreshToken: () => {
+            if (this.watch === watch && this.phase === "active") void this.heartbeat();
+          },
+        },
+      );
+      return;
+    }
     void this.runWatch(watch);
   }
 
@@ -432,6 +507,7 @@ export class PresenceClient {
       this.watchTimer = undefined;
     }
     this.watch?.abort.abort();
+    this.watch?.shared?.close();
     this.watch = undefined;
   }
 
@@ -439,16 +515,20 @@ export class PresenceClient {
     let error: unknown;
     let first = true;
     try {
-      const stream = this.rpc.watchRoom(
-        { roomToken: watch.token, limit: this.limit },
-        { signal: watch.abort.signal },
-      );
-      for await (const response of stream) {
-        if (this.watch !== watch) return;
-        this.watchFailures = 0;
-        if (response.snapshot) {
-          this.accept(response.snapshot, first);
-          first = false;
+      if (this.watchMode === "poll") {
+        await this.poll(watch);
+      } else {
+        const stream = this.rpc.watchRoom(
+          { roomToken: watch.token, limit: this.limit },
+          { signal: watch.abort.signal },
+        );
+        for await (const response of stream) {
+          if (this.watch !== watch) return;
+          this.watchFailures = 0;
+          if (response.snapshot) {
+            this.accept(response.snapshot, first);
+            first = false;
+          }
         }
       }
     } catch (e) {
@@ -469,6 +549,34 @@ export class PresenceClient {
         this.ensureWatch();
       }
     }, backoffDelay(this.watchFailures, this.watchBackoff, this.random));
+  }
+
+  /**
+   * Watching by polling: List now, then every `pollIntervalMs` (one call at a
+   * time), until the watch is replaced or aborted. Each answer is the
+   * server's word on the room now, so it is taken like the first snapshot of
+   * a stream. Returns when aborted; throws when a call fails.
+   */
+  private async poll(watch: Watch): Promise<void> {
+    const signal = watch.abort.signal;
+    while (this.watch === watch && !signal.aborted) {
+      const response = await this.rpc.list(
+        { roomToken: watch.token, limit: this.limit },
+        { signal, timeoutMs: Math.max(this.pollIntervalMs, 5_000) },
+      );
+      if (this.watch !== watch) return;
+      this.watchFailures = 0;
+      if (response.snapshot) this.accept(response.snapshot, true);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(done, this.pollIntervalMs);
+        function done() {
+          clearTimeout(timer);
+          signal.removeEventListener("abort", done);
+          resolve();
+        }
+        signal.addEventListener("abort", done);
+      });
+    }
   }
 
   /**

@@ -7,7 +7,8 @@
  * presence.subscribe((snapshot) => render(snapshot.users));
  * ```
  *
- * React users: `@presenced/client/react` has `usePresence` and `FacePile`.
+ * React users: `@presenced/client/react` has `usePresence` and `FacePile`;
+ * React Native users: `@presenced/client/react-native` has the same hook.
  */
 import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
@@ -19,12 +20,17 @@ export {
   MIN_INTERVAL_MS,
   MAX_INTERVAL_MS,
   DISCONNECT_PATH,
+  DEFAULT_POLL_INTERVAL_MS,
+  MIN_POLL_INTERVAL_MS,
   type PresenceOptions,
   type PresencePhase,
   type PresenceOperation,
 } from "./client.js";
 export { backoffDelay, type BackoffOptions } from "./backoff.js";
 export { browserEnvironment, type PresenceEnvironment } from "./environment.js";
+export { tabHubFor, PEER_TIMEOUT_MS, type TabHub } from "./tabs.js";
+export { createGrpcWebTextTransport, type GrpcWebTextTransportOptions } from "./text-transport.js";
+export { randomUUID } from "./ids.js";
 export { toPresenceList, formatLastSeen, type PresenceUser, type PresenceList } from "./users.js";
 export * from "./gen/presence/v1/presence_pb.js";
 

@@ -2,13 +2,9 @@
 // StrictMode, FacePile) against a real presenced over grpc-web, with CORS
 // (the app and the server are on different ports), and the pagehide beacon.
 import { randomUUID } from "node:crypto";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
-import { durationFromMs } from "@bufbuild/protobuf/wkt";
 import type { Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, inject, it } from "vitest";
-import { createNodePresenceServiceClient } from "../../src/node.js";
-import { ARTIFACTS, launchChromium, sleep, type Chromium } from "./harness.js";
+import { launchChromium, sleep, type Chromium } from "./harness.js";
 
 const presencedUrl = inject("presencedUrl");
 const appUrl = inject("appUrl");
@@ -80,6 +76,26 @@ async function renderedStates(page: Page, user: string, sinceMs: number): Promis
   );
 }
 
+/**
+ * "name: description" of `user`'s avatar as Chromium's accessibility tree
+ * has them (what a screen reader announces: the name, then the tooltip).
+ */
+async function announced(page: Page, user: string): Promise<string> {
+  const cdp = await page.context().newCDPSession(page);
+  try {
+    const { root } = await cdp.send("DOM.getDocument", { depth: 0 });
+    const { nodeId } = await cdp.send("DOM.querySelector", {
+      nodeId: root.nodeId,
+      selector: `.presenced-facepile .presenced-avatar[data-user-id="${user}"]`,
+    });
+    const { nodes } = await cdp.send("Accessibility.getPartialAXTree", { nodeId, fetchRelatives: false });
+    const node = nodes[0]!;
+    return `${node.name?.value ?? ""}: ${node.description?.value ?? ""}`;
+  } finally {
+    await cdp.detach();
+  }
+}
+
 async function pageErrors(page: Page): Promise<string[]> {
   return page.evaluate(() => window.presenceDemo.errors);
 }
@@ -100,8 +116,8 @@ describe("presence in Chromium over grpc-web", () => {
       );
     expect(await order(ada)).toEqual(["ada", "grace"]);
     expect(await order(grace)).toEqual(["grace", "ada"]);
-    expect(await avatar(ada, "ada").getAttribute("aria-label")).toBe("ada (you): online");
-    expect(await avatar(ada, "grace").getAttribute("aria-label")).toBe("grace: online");
+    expect(await announced(ada, "ada")).toBe("ada (you): online");
+    expect(await announced(ada, "grace")).toBe("grace: online");
     expect(await ada.locator("#counts").textContent()).toBe("2 online · 2 in the room");
     expect(await pageErrors(ada)).toEqual([]);
     expect(await pageErrors(grace)).toEqual([]);
@@ -125,11 +141,20 @@ describe("presence in Chromium over grpc-web", () => {
     expect(Date.now() - closedAt).toBeLessThan(2_000);
     console.log(`closed page shown offline after ${tookMs} ms`);
 
-    const label = await avatar(ada, "grace").getAttribute("aria-label");
-    expect(label).toBe("grace: last seen just now");
-    const style = await avatar(ada, "grace").evaluate((el) => getComputedStyle(el));
-    expect(style.filter).toContain("grayscale");
-    expect(Number(style.opacity)).toBeLessThan(1);
+    expect(await announced(ada, "grace")).toBe("grace: last seen just now");
+    // Offline is a muted, opaque tone (no transparency to turn overlaps
+    // muddy) with a hollow dot; online is the user's colour with a filled one.
+    const look = (user: string) =>
+      avatar(ada, user).evaluate((el) => {
+        const s = getComputedStyle(el);
+        const dot = getComputedStyle(el.querySelector(".presenced-dot")!);
+        return { bg: s.backgroundColor, opacity: s.opacity, dotBorder: dot.borderTopWidth, dotBg: dot.backgroundColor };
+      });
+    const [offline, online] = [await look("grace"), await look("ada")];
+    expect(offline).toEqual({ bg: "rgb(226, 232, 240)", opacity: "1", dotBorder: "2px", dotBg: "rgb(255, 255, 255)" });
+    expect(online.opacity).toBe("1");
+    expect(online.dotBg).toBe("rgb(22, 163, 74)");
+    expect(online.bg).not.toBe(offline.bg);
     // Online users first, then offline ones.
     expect(await ada.locator("#members li").evaluateAll((els) => els.map((el) => el.className))).toEqual([
       "online",
@@ -152,7 +177,7 @@ describe("presence in Chromium over grpc-web", () => {
     await sleep(2_500); // longer than the beacon takes to land (see the test above)
     expect(await avatar(ada, "grace").getAttribute("data-online")).toBe("true");
     const states = await renderedStates(ada, "grace", closedAt);
-    expect(states.every((online) => online)).toBe(true);
+    expect(states).not.toContain(false);
     expect(await ada.locator("#counts").textContent()).toBe("2 online · 2 in the room");
 
     // The view is live: closing the last tab does show grace offline.
@@ -225,43 +250,5 @@ describe("presence in Chromium over grpc-web", () => {
     );
     expect(await page.locator(".presenced-facepile").getAttribute("aria-busy")).toBe("true");
     await page.close();
-  });
-
-  it("FacePile: first avatars, +N from total_count, offline greyed (screenshot kept)", async () => {
-    const room = newRoom("pile");
-    // Three backend users online and three that left, through the Node client.
-    const backend = createNodePresenceServiceClient(presencedUrl);
-    const beat = (user: string) =>
-      backend.heartbeat({
-        roomId: room,
-        userId: user,
-        sessionId: randomUUID(),
-        interval: durationFromMs(60_000),
-      });
-    for (const user of ["grace", "alan"]) await beat(user);
-    for (const user of ["edsger", "barbara", "donald"]) {
-      const { sessionToken } = await beat(user);
-      await backend.disconnect({ sessionToken });
-    }
-    const ada = await openUser(room, "ada");
-    await expectShown(ada, "ada", true, 10_000);
-    await expect.poll(() => ada.locator("#counts").textContent(), { timeout: 5_000 }).toBe(
-      "3 online · 6 in the room",
-    );
-    const ids = await ada
-      .locator(".presenced-facepile .presenced-avatar")
-      .evaluateAll((els) => els.map((el) => `${el.getAttribute("data-user-id")}:${el.getAttribute("data-online")}`));
-    // Self first, then online in the order they came, then offline users,
-    // most recently disconnected first; five shown, "+1" for the sixth.
-    expect(ids).toEqual(["ada:true", "grace:true", "alan:true", "donald:false", "barbara:false"]);
-    expect(await ada.locator(".presenced-facepile-more").textContent()).toBe("+1");
-    expect(await avatar(ada, "donald").getAttribute("aria-label")).toBe("donald: last seen just now");
-
-    mkdirSync(ARTIFACTS, { recursive: true });
-    const file = join(ARTIFACTS, "facepile.png");
-    await ada.locator(".pile-row").screenshot({ path: file });
-    await ada.screenshot({ path: join(ARTIFACTS, "example-app.png") });
-    console.log(`FacePile screenshot: ${file}`);
-    await ada.close();
   });
 });

@@ -37,7 +37,9 @@ export default async function setup(project: TestProject): Promise<() => Promise
       configFile,
       logLevel: "warn",
       build: { outDir },
-      preview: { host: "127.0.0.1", port: 0, strictPort: false },
+      // presenced.test: a name the tabs test maps to 127.0.0.1 in Chromium, for
+      // an origin that is not a secure context (no Web Locks there).
+      preview: { host: "127.0.0.1", port: 0, strictPort: false, allowedHosts: ["presenced.test"] },
     });
     cleanups.push(() => app.close());
     const appUrl = app.resolvedUrls?.local[0];

@@ -142,12 +142,12 @@ export interface Chromium {
  * connecting with `noDefaults` leaves real page visibility alone, so a
  * minimized window really is `document.visibilityState === "hidden"`.
  */
-export async function launchChromium(): Promise<Chromium> {
+export async function launchChromium(extraArgs: string[] = []): Promise<Chromium> {
   const executable = process.env.CHROMIUM ?? "/usr/bin/chromium";
   const profile = mkdtempSync(join(tmpdir(), "presenced-chromium-"));
   const child = spawn(
     executable,
-    [...CHROMIUM_ARGS, "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", `--user-data-dir=${profile}`, "about:blank"],
+    [...CHROMIUM_ARGS, ...extraArgs, "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", `--user-data-dir=${profile}`, "about:blank"],
     { stdio: ["ignore", "ignore", "pipe"] },
   );
   const kill = () => child.kill("SIGKILL");

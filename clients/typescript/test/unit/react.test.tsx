@@ -8,7 +8,7 @@ import { createRoot, type Root } from "react-dom/client";
 import { afterEach, beforeEach, describe, expect, it, vi } from "vitest";
 import { PresenceClient } from "../../src/client.js";
 import { RoomSnapshotSchema, UserPresenceSchema } from "../../src/gen/presence/v1/presence_pb.js";
-import { FacePile, usePresence, type PresenceList } from "../../src/react.js";
+import { FACEPILE_CSS, FacePile, usePresence, type PresenceList } from "../../src/react.js";
 import { toPresenceList, type PresenceUser } from "../../src/users.js";
 import { FakeEnvironment, FakeServer, settle, snapshot } from "./fake.js";
 
@@ -60,6 +60,7 @@ describe("usePresence", () => {
         </StrictMode>,
       ),
     );
+    expect(rendered.length).toBeGreaterThan(0);
     expect(rendered.every((u) => u === undefined)).toBe(true);
     expect(container.querySelector("[role=list]")?.getAttribute("aria-busy")).toBe("true");
     await settleAct();
@@ -134,9 +135,13 @@ function users(list: Array<Partial<PresenceUser> & { userId: string }>, totalCou
 }
 
 describe("FacePile", () => {
-  it("shows the first avatars, +N from total_count, and offline users greyed with last seen", async () => {
+  beforeEach(() => {
+    document.getElementById("presenced-facepile-styles")?.remove();
     vi.setSystemTime(new Date("2026-01-01T12:00:00Z"));
-    const list = users(
+  });
+
+  const room = () =>
+    users(
       [
         { userId: "grace", online: true, data: { name: "Grace Hopper" } },
         { userId: "ada", online: true },
@@ -145,28 +150,105 @@ describe("FacePile", () => {
       ],
       1_000,
     );
-    await act(async () => root.render(<FacePile users={list} max={3} />));
-    const avatars = [...container.querySelectorAll<HTMLElement>(".presenced-avatar")];
-    expect(avatars.map((a) => a.dataset.userId)).toEqual(["ada", "grace", "alan"]);
-    expect(avatars.map((a) => a.getAttribute("aria-label"))).toEqual([
-      "ada (you): online",
-      "Grace Hopper: online",
-      "alan: last seen 5 minutes ago",
+  const avatars = () => [...container.querySelectorAll<HTMLElement>(".presenced-avatar")];
+  const description = (el: HTMLElement) =>
+    document.getElementById(el.getAttribute("aria-describedby")!)?.textContent;
+
+  it("shows online users only by default, the current user first, and says what the room holds", async () => {
+    await act(async () => root.render(<FacePile users={room()} onlineCount={2} />));
+    expect(avatars().map((a) => [a.dataset.userId, a.dataset.online])).toEqual([
+      ["ada", "true"],
+      ["grace", "true"],
     ]);
-    expect(avatars.map((a) => a.textContent)).toEqual(["A", "GH", "A"]);
-    expect(avatars[2]!.dataset.online).toBe("false");
-    expect(avatars[2]!.style.filter).toBe("grayscale(1)");
-    expect(avatars[1]!.style.filter).toBe("");
-    expect(container.querySelector(".presenced-facepile-more")?.textContent).toBe("+997");
-    expect(container.querySelector("[role=list]")?.getAttribute("aria-label")).toBe("1000 people, 2 online");
+    expect(avatars().map((a) => a.getAttribute("aria-label"))).toEqual(["ada (you)", "Grace Hopper"]);
+    expect(avatars().map(description)).toEqual(["online", "online"]);
+    expect(avatars().map((a) => a.firstElementChild?.textContent)).toEqual(["A", "GH"]); // initials
+    // Every online user is shown: no "+N" (the 998 offline are not "more").
+    expect(container.querySelector(".presenced-more")).toBeNull();
+    expect(container.querySelector("[role=list]")?.getAttribute("aria-label")).toBe("2 people online, 998 offline");
   });
 
-  it("no +N when everyone is shown; totalCount can be given for plain arrays", async () => {
+  it("offline users only as far as maxOffline and offlineWithinMs allow, after a gap, with last seen", async () => {
+    await act(async () => root.render(<FacePile users={room()} onlineCount={2} maxOffline={5} />));
+    expect(avatars().map((a) => a.dataset.userId)).toEqual(["ada", "grace", "alan", "edsger"]);
+    const alan = avatars()[2]!;
+    expect(alan.dataset.online).toBe("false");
+    expect(alan.hasAttribute("data-first-offline")).toBe(true);
+    expect(avatars()[3]!.hasAttribute("data-first-offline")).toBe(false);
+    expect(avatars().map(description)).toEqual(["online", "online", "last seen 5 minutes ago", "last seen 3 hours ago"]);
+
+    await act(async () => root.render(<FacePile users={room()} onlineCount={2} maxOffline={1} />));
+    expect(avatars().map((a) => a.dataset.userId)).toEqual(["ada", "grace", "alan"]);
+
+    await act(async () => root.render(<FacePile users={room()} onlineCount={2} maxOffline={5} offlineWithinMs={3_600_000} />));
+    expect(avatars().map((a) => a.dataset.userId)).toEqual(["ada", "grace", "alan"]);
+
+    // Offline users only fill slots the online ones leave free.
+    await act(async () => root.render(<FacePile users={room()} onlineCount={2} maxOffline={5} max={3} />));
+    expect(avatars().map((a) => a.dataset.userId)).toEqual(["ada", "grace", "alan"]);
+  });
+
+  it("+N counts the online users not shown, and says so; overflow=all counts everyone not shown", async () => {
+    const crowd = users(
+      [
+        ...Array.from({ length: 8 }, (_, i) => ({ userId: `u${i}`, online: true })),
+        { userId: "gone", online: false, lastDisconnected: new Date("2026-01-01T11:59:00Z") },
+      ],
+      40,
+    );
+    await act(async () => root.render(<FacePile users={crowd} onlineCount={12} max={5} maxOffline={2} />));
+    expect(avatars()).toHaveLength(5);
+    expect(avatars().every((a) => a.dataset.online === "true")).toBe(true);
+    const more = container.querySelector<HTMLElement>(".presenced-more")!;
+    expect(more.textContent?.startsWith("+7")).toBe(true);
+    expect(more.getAttribute("aria-label")).toBe("7 more online");
+    expect(more.dataset.counts).toBe("online");
+
+    await act(async () => root.render(<FacePile users={crowd} onlineCount={12} max={5} overflow="all" />));
+    const all = container.querySelector<HTMLElement>(".presenced-more")!;
+    expect(all.textContent?.startsWith("+35")).toBe(true);
+    expect(all.getAttribute("aria-label")).toBe("35 more: 7 online, 28 offline");
+  });
+
+  it("plain arrays take the counts as props", async () => {
     const list = users([{ userId: "ada", online: true }]);
-    await act(async () => root.render(<FacePile users={list} />));
-    expect(container.querySelector(".presenced-facepile-more")).toBeNull();
-    await act(async () => root.render(<FacePile users={[...list]} totalCount={3} />));
-    expect(container.querySelector(".presenced-facepile-more")?.textContent).toBe("+2");
+    await act(async () => root.render(<FacePile users={[...list]} totalCount={3} onlineCount={3} />));
+    expect(container.querySelector(".presenced-more")?.getAttribute("aria-label")).toBe("2 more online");
+  });
+
+  it("puts its stylesheet in the document once (unless told not to), themed by data-theme", async () => {
+    await act(async () => root.render(<FacePile users={room()} injectStyles={false} />));
+    expect(document.getElementById("presenced-facepile-styles")).toBeNull();
+    await act(async () =>
+      root.render(
+        <>
+          <FacePile users={room()} theme="dark" />
+          <FacePile users={room()} />
+        </>,
+      ),
+    );
+    expect(document.querySelectorAll("#presenced-facepile-styles")).toHaveLength(1);
+    expect(document.getElementById("presenced-facepile-styles")?.textContent).toBe(FACEPILE_CSS);
+    expect([...container.querySelectorAll(".presenced-facepile")].map((el) => el.getAttribute("data-theme"))).toEqual([
+      "dark",
+      "auto",
+    ]);
+  });
+
+  it("avatars are focusable, and Escape dismisses the tooltip until focus leaves", async () => {
+    await act(async () => root.render(<FacePile users={room()} />));
+    const ada = avatars()[0]!;
+    expect(ada.tabIndex).toBe(0);
+    expect(document.getElementById(ada.getAttribute("aria-describedby")!)?.closest("[role=tooltip]")?.parentElement).toBe(ada);
+    await act(async () => {
+      ada.focus();
+      ada.dispatchEvent(new KeyboardEvent("keydown", { key: "Escape", bubbles: true }));
+    });
+    expect(ada.hasAttribute("data-tooltip-dismissed")).toBe(true);
+    await act(async () => {
+      ada.blur();
+    });
+    expect(ada.hasAttribute("data-tooltip-dismissed")).toBe(false);
   });
 
   it("shows the current user even when the listing was cut before them", () => {
