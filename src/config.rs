@@ -58,6 +58,34 @@ pub struct Config {
     #[arg(long)]
     pub check_config: bool,
 
+    /// Where presence state lives: `memory` (this process only), or Redis
+    /// shared by every instance: `redis://[user:pass@]host:port[/db]`,
+    /// `rediss://…` (TLS), `redis+cluster://host:port,host:port` (a Cluster,
+    /// given any of its nodes), `rediss+cluster://…`.
+    #[arg(
+        long,
+        env = "PRESENCE_STORE",
+        default_value = "memory",
+        value_name = "URL",
+        hide_env_values = true,
+        help_heading = "Store"
+    )]
+    pub store: String,
+
+    /// Prefix of every Redis key, so several deployments can share one
+    /// Redis.
+    #[arg(long, env = "PRESENCE_STORE_KEY_PREFIX", default_value = crate::presence::redis::DEFAULT_KEY_PREFIX, help_heading = "Store")]
+    pub store_key_prefix: String,
+
+    /// Bound on one call to Redis: past it the RPC fails with UNAVAILABLE.
+    #[arg(long, env = "PRESENCE_STORE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration, help_heading = "Store")]
+    pub store_timeout: Duration,
+
+    /// How often every watched room's version is checked against Redis, so
+    /// a lost notification delays a watcher at most this much.
+    #[arg(long, env = "PRESENCE_STORE_RESYNC_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, help_heading = "Store")]
+    pub store_resync_interval: Duration,
+
     /// Address for gRPC, grpc-web, health, reflection and the beacon route.
     #[arg(long, env = "PRESENCE_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
@@ -586,6 +614,16 @@ impl Config {
         out
     }
 
+    /// The Redis store `--store` names, if it names one.
+    pub fn redis_target(&self) -> Result<Option<crate::presence::redis::Target>, String> {
+        if self.store == "memory" {
+            return Ok(None);
+        }
+        crate::presence::redis::Target::parse(&self.store)
+            .map(Some)
+            .map_err(|e| format!("--store: {e}"))
+    }
+
     /// The engine's limits.
     pub fn limits(&self) -> Limits {
         Limits {
@@ -761,6 +799,28 @@ impl Config {
         if let Some(dir) = &self.data_dir {
             if dir.as_os_str().is_empty() {
                 return Err("--data-dir must not be empty".into());
+            }
+        }
+        if self.redis_target()?.is_some() {
+            if self.data_dir.is_some() {
+                return Err(
+                    "--data-dir keeps the memory store's state; with --store redis the state is in Redis"
+                        .into(),
+                );
+            }
+            if self.store_key_prefix.is_empty() || self.store_key_prefix.contains(['{', '}']) {
+                return Err(format!(
+                    "--store-key-prefix ({:?}) must be non-empty and free of braces",
+                    self.store_key_prefix
+                ));
+            }
+            for (flag, value) in [
+                ("--store-timeout", self.store_timeout),
+                ("--store-resync-interval", self.store_resync_interval),
+            ] {
+                if value.is_zero() {
+                    return Err(format!("{flag} must be positive"));
+                }
             }
         }
         Ok(())

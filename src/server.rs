@@ -33,7 +33,7 @@ use crate::coalesce::Coalesced;
 use crate::config::Config;
 use crate::grpc::PresenceApi;
 use crate::metrics::Metrics;
-use crate::presence::{persist, AnyStore, Health, Memory, Store, SystemClock};
+use crate::presence::{persist, AnyStore, Health, Memory, Redis, RedisConfig, Store, SystemClock};
 use crate::telemetry::TelemetryLayer;
 use crate::tls;
 use crate::token;
@@ -91,7 +91,7 @@ impl App {
     pub async fn new(config: Config) -> Result<Self, Error> {
         config.validate().map_err(Error::Config)?;
         let store = open_store(&config)?;
-        let tokens = token_codec(&config);
+        let tokens = token_codec(&config, &store).await;
         let metrics = Metrics::new(store.clone());
         Ok(Self {
             config,
@@ -211,6 +211,16 @@ pub async fn serve(
 
 /// The store `--store` names.
 fn open_store(config: &Config) -> Result<AnyStore, Error> {
+    if let Some(target) = config.redis_target().map_err(Error::Config)? {
+        let redis = Redis::new(RedisConfig {
+            key_prefix: config.store_key_prefix.clone(),
+            timeout: config.store_timeout,
+            resync_interval: config.store_resync_interval,
+            ..RedisConfig::new(target, config.limits())
+        })
+        .map_err(Error::Config)?;
+        return Ok(AnyStore::Redis(redis));
+    }
     let memory = Memory::new(config.limits(), Arc::new(SystemClock));
     let memory = match &config.data_dir {
         Some(dir) => memory.with_data_dir(dir, config.persist_interval)?.0,
@@ -219,15 +229,35 @@ fn open_store(config: &Config) -> Result<AnyStore, Error> {
     Ok(AnyStore::Memory(memory))
 }
 
-/// Signs and verifies capability tokens: the configured keys, else a key
-/// of this process.
-fn token_codec(config: &Config) -> token::Codec {
+/// Signs and verifies capability tokens: the configured keys; else, with
+/// a shared store, one key every instance shares through it (waiting for
+/// the store until it answers); else a key of this process.
+async fn token_codec(config: &Config, store: &AnyStore) -> token::Codec {
     let room_ttl = (!config.room_token_ttl.is_zero()).then_some(config.room_token_ttl);
-    if config.token_keys.is_empty() {
+    if !config.token_keys.is_empty() {
+        return token::Codec::new(&config.token_keys, room_ttl);
+    }
+    let Some(redis) = store.redis() else {
         info!("no --token-key: tokens are signed with a random key and end with this process");
-        token::Codec::random(room_ttl)
-    } else {
-        token::Codec::new(&config.token_keys, room_ttl)
+        return token::Codec::random(room_ttl);
+    };
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match redis.shared_token_key().await {
+            Ok(key) => {
+                warn!(
+                    store = %redis.describe(),
+                    "no --token-key: tokens are signed with a key generated once and shared by every \
+                     instance through the store; set --token-key to choose and rotate it"
+                );
+                return token::Codec::new(&[key], room_ttl);
+            }
+            Err(err) => {
+                warn!(%err, "waiting for the store to share the token key");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

@@ -305,17 +305,29 @@ impl Hub {
         self.inner.shard(room_id).contains_key(room_id)
     }
 
-    /// Every watched room with the version of its latest snapshot.
-    pub fn watched(&self) -> Vec<(Id, u64)> {
+    /// Every watched room with the version and total count of its latest
+    /// snapshot.
+    pub fn watched(&self) -> Vec<(Id, u64, u32)> {
         let mut rooms = Vec::new();
         for shard in self.inner.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
             rooms.extend(shard.iter().map(|(id, w)| {
-                let version = w.tx.borrow().as_ref().map_or(0, |s| s.version);
-                (id.clone(), version)
+                let (version, total) =
+                    w.tx.borrow()
+                        .as_ref()
+                        .map_or((0, 0), |s| (s.version, s.total_count));
+                (id.clone(), version, total)
             }));
         }
         rooms
+    }
+
+    /// True when a publish of `room_id` waits for the end of its window.
+    pub fn is_pending(&self, room_id: &str) -> bool {
+        self.inner
+            .shard(room_id)
+            .get(room_id)
+            .is_some_and(|w| w.pending)
     }
 
     /// The version of `room_id`'s latest snapshot, if it is watched here.

@@ -18,6 +18,7 @@ mod hub;
 pub mod listing;
 mod memory;
 mod model;
+pub mod redis;
 mod store;
 mod validate;
 
@@ -26,4 +27,5 @@ pub use counters::{Counters, Counts};
 pub use hub::{Change, Hub, Subscription};
 pub use memory::{persist, Memory};
 pub use model::*;
+pub use redis::{Redis, RedisConfig};
 pub use store::{AnyStore, Health, Stats, Store};

@@ -21,6 +21,7 @@ use super::counters::Counts;
 use super::hub::Subscription;
 use super::memory::Memory;
 use super::model::{Error, Lease, Limits, RoomPresence, Snapshot};
+use super::redis::Redis;
 
 /// Presence state: sessions in, listings and snapshot streams out.
 pub trait Store: Clone + Send + Sync + 'static {
@@ -139,6 +140,8 @@ pub struct Stats {
 pub enum AnyStore {
     /// The embedded in-memory store.
     Memory(Memory),
+    /// A Redis store shared by several instances.
+    Redis(Redis),
 }
 
 impl AnyStore {
@@ -146,6 +149,15 @@ impl AnyStore {
     pub fn memory(&self) -> Option<&Memory> {
         match self {
             AnyStore::Memory(m) => Some(m),
+            AnyStore::Redis(_) => None,
+        }
+    }
+
+    /// The Redis store, if that is what this is.
+    pub fn redis(&self) -> Option<&Redis> {
+        match self {
+            AnyStore::Redis(r) => Some(r),
+            AnyStore::Memory(_) => None,
         }
     }
 
@@ -153,6 +165,7 @@ impl AnyStore {
     pub fn describe(&self) -> String {
         match self {
             AnyStore::Memory(_) => "memory".to_owned(),
+            AnyStore::Redis(r) => r.describe(),
         }
     }
 }
@@ -162,6 +175,7 @@ macro_rules! either {
     ($self:ident, $s:ident => $call:expr) => {
         match $self {
             AnyStore::Memory($s) => $call,
+            AnyStore::Redis($s) => $call,
         }
     };
 }

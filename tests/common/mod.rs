@@ -1,6 +1,8 @@
 //! A real `presenced` on an ephemeral loopback port, for integration tests.
 #![allow(dead_code)] // each test file uses a different part of this
 
+pub mod redis;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -16,7 +16,8 @@ mod scenarios;
 use std::future::Future;
 use std::sync::Arc;
 
-use presenced::presence::{Limits, ManualClock, Memory, Store};
+use presenced::presence::redis::Target;
+use presenced::presence::{Limits, ManualClock, Memory, Redis, RedisConfig, Store};
 
 /// How the suite drives one kind of store.
 pub trait Harness: Sync {
@@ -37,6 +38,9 @@ pub trait Harness: Sync {
     /// Waits until every change made so far has reached the store's
     /// watchers here (the memory store publishes synchronously).
     fn settle(&self, store: &Self::S) -> impl Future<Output = ()> + Send;
+
+    /// Live sessions and rooms in all, exactly, now.
+    fn counts(&self, store: &Self::S) -> impl Future<Output = (usize, usize)> + Send;
 
     /// The store after a restart of its process, on the same state.
     fn restart(
@@ -65,12 +69,73 @@ impl Harness for MemoryHarness {
 
     async fn settle(&self, _: &Memory) {}
 
+    async fn counts(&self, store: &Memory) -> (usize, usize) {
+        let stats = store.stats();
+        (stats.sessions, stats.rooms)
+    }
+
     async fn restart(&self, store: Memory, limits: Limits, clock: &ManualClock) -> Memory {
         let state = store.export();
         drop(store);
         let restarted = Memory::new(limits, Arc::new(clock.clone()));
         restarted.import(state);
         restarted
+    }
+}
+
+/// A Redis store (standalone or Cluster) on a key prefix of its own, with
+/// its notifications running; time comes from the test's clock.
+pub struct RedisHarness {
+    url: fn() -> String,
+}
+
+impl RedisHarness {
+    fn store(&self, prefix: &str, limits: Limits, clock: &ManualClock) -> Redis {
+        let target = Target::parse(&(self.url)()).unwrap();
+        let redis = Redis::new(RedisConfig {
+            key_prefix: prefix.to_owned(),
+            resync_interval: std::time::Duration::from_millis(500),
+            clock: Some(Arc::new(clock.clone())),
+            ..RedisConfig::new(target, limits)
+        })
+        .unwrap();
+        tokio::spawn(redis.clone().run_notifier(Default::default()));
+        redis
+    }
+}
+
+impl Harness for RedisHarness {
+    type S = Redis;
+    const RESTART_GRACE: bool = false;
+
+    async fn open(&self, limits: Limits, clock: &ManualClock) -> Redis {
+        self.store(&common::redis::prefix(), limits, clock)
+    }
+
+    async fn sweep(&self, store: &Redis) {
+        store.sweep().await;
+    }
+
+    async fn settle(&self, store: &Redis) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !store.settled().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "watchers did not catch up within 5 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn counts(&self, store: &Redis) -> (usize, usize) {
+        let (sessions, rooms) = store.totals().await.unwrap();
+        (sessions as usize, rooms as usize)
+    }
+
+    async fn restart(&self, store: Redis, limits: Limits, clock: &ManualClock) -> Redis {
+        let prefix = store.key_prefix().to_owned();
+        drop(store);
+        self.store(&prefix, limits, clock)
     }
 }
 
@@ -96,3 +161,15 @@ macro_rules! conformance {
 }
 
 conformance!(memory, MemoryHarness);
+conformance!(
+    redis,
+    RedisHarness {
+        url: || common::redis::shared_redis().url()
+    }
+);
+conformance!(
+    redis_cluster,
+    RedisHarness {
+        url: || common::redis::shared_cluster().url()
+    }
+);

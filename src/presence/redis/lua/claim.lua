@@ -1,0 +1,18 @@
+-- claim: who holds a session id (KEYS[1], the session's index group: id
+-- -> room US user), so that one id cannot live in two rooms or users.
+-- ARGV[5] mode, [6] session, [7] owner (room US user), [8] the holder a
+-- steal expects.
+--   claim    take it if free or ours: '' , else the holder
+--   steal    take it from a holder found stale: '' , else the holder now
+--   release  give it up if ours
+local MODE, SID, OWNER = ARGV[5], ARGV[6], ARGV[7]
+local held = redis.call('HGET', KEYS[1], SID)
+if MODE == 'release' then
+  if held == OWNER then redis.call('HDEL', KEYS[1], SID) end
+  return ''
+end
+if not held or held == OWNER or (MODE == 'steal' and held == ARGV[8]) then
+  redis.call('HSET', KEYS[1], SID, OWNER)
+  return ''
+end
+return held

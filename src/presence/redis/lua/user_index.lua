@@ -1,0 +1,79 @@
+-- user_index: where a user is listed (KEYS[1], the user's index group:
+-- user -> records 'room US sessions US touched ms' separated by RS), for
+-- ListUser and the per-user limits. Room scripts cannot update it (another
+-- slot), so it is updated in a second step that self-heals: a session is
+-- counted before its room has it, and uncounted after its room lost it.
+-- ARGV[5] mode, [6] user, [7] room, then:
+--   reserve  [8] max sessions per user, [9] max rooms per user:
+--            'new' (the room is new to the user), 'ok', or the limit reached
+--   release  [8] sessions ended, [9] 1 when the user left the room
+--   heal     [8] when the facts were read, then room, listed, sessions...
+--            (a record touched since is left alone; one the room does not
+--            list and untouched for a minute is dropped)
+local RS = '\30'
+local now = now_ms()
+local MODE, USER, R = ARGV[5], ARGV[6], ARGV[7]
+local records, order = {}, {}
+local raw = redis.call('HGET', KEYS[1], USER)
+if raw then
+  for rec in string.gmatch(raw, '[^' .. RS .. ']+') do
+    local f = fields(rec, 3)
+    records[f[1]] = {n = tonumber(f[2]), touched = tonumber(f[3])}
+    order[#order + 1] = f[1]
+  end
+end
+local function save()
+  local out = {}
+  for _, room in ipairs(order) do
+    local r = records[room]
+    if r then out[#out + 1] = room .. US .. fmt(r.n) .. US .. fmt(r.touched) end
+  end
+  if #out == 0 then
+    redis.call('HDEL', KEYS[1], USER)
+  else
+    redis.call('HSET', KEYS[1], USER, table.concat(out, RS))
+  end
+end
+if MODE == 'reserve' then
+  local sessions, rooms = 0, 0
+  for _, room in ipairs(order) do
+    sessions = sessions + records[room].n
+    rooms = rooms + 1
+  end
+  if sessions >= tonumber(ARGV[8]) then return 'sessions per user' end
+  local outcome = 'ok'
+  if not records[R] then
+    if rooms >= tonumber(ARGV[9]) then return 'rooms per user' end
+    records[R] = {n = 0, touched = now}
+    order[#order + 1] = R
+    outcome = 'new'
+  end
+  records[R].n = records[R].n + 1
+  records[R].touched = now
+  save()
+  return outcome
+elseif MODE == 'release' then
+  local r = records[R]
+  if r then
+    r.n = math.max(0, r.n - tonumber(ARGV[8]))
+    r.touched = now
+    if ARGV[9] == '1' then records[R] = nil end
+    save()
+  end
+  return 'ok'
+elseif MODE == 'heal' then
+  local seen_at = tonumber(ARGV[8])
+  for i = 9, #ARGV, 3 do
+    local r = records[ARGV[i]]
+    if r and r.touched <= seen_at then
+      if ARGV[i + 1] == '1' then
+        r.n = tonumber(ARGV[i + 2])
+      elseif r.touched < now - 60000 then
+        records[ARGV[i]] = nil
+      end
+    end
+  end
+  save()
+  return 'ok'
+end
+return redis.error_reply('unknown mode ' .. MODE)

@@ -1,0 +1,179 @@
+//! Expiry and retention without keyspace notifications: every room group
+//! has an index of its rooms by when they are next due (their earliest
+//! session deadline, no sooner than one window after their last scan, or
+//! their earliest purge). Every instance sweeps every group; the script
+//! re-checks each deadline and retention, so instances racing on a room
+//! end each session once and the loser finds nothing to do. Each pass
+//! also reads the groups' totals for the live-count metrics.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::keys::ROOM_GROUPS;
+use super::ops::Op;
+use super::scripts::Reply;
+use super::Redis;
+use crate::presence::clock::Millis;
+use crate::presence::counters::Counters;
+
+/// Time between two sweeps: an expired session ends at most this much
+/// after its deadline (plus the room's batching window).
+pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Due rooms read from one group per round trip.
+const DUE_PER_READ: usize = 128;
+
+impl Redis {
+    /// Sweeps until `shutdown`.
+    pub(super) async fn run_sweeper(self, shutdown: CancellationToken) {
+        loop {
+            self.sweep().await;
+            tokio::select! {
+                () = tokio::time::sleep(SWEEP_EVERY) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// One sweep of every group: ends the sessions past their deadline,
+    /// forgets offline users past their retention (both as of Redis's time,
+    /// or the test clock), and reads the totals; then reads the watched
+    /// rooms whose coalescing window has ended.
+    pub async fn sweep(&self) {
+        Counters::bump(&self.shared.counters.sweeps);
+        let now = self.now_ms_for_sweep();
+        let groups = (0..ROOM_GROUPS).map(|g| self.sweep_group(g, now));
+        let totals = futures_util::future::join_all(groups).await;
+        let mut sum = [0u64; 3];
+        let mut complete = true;
+        for group in totals {
+            match group {
+                Some(t) => (0..3).for_each(|i| sum[i] += t[i]),
+                None => complete = false,
+            }
+        }
+        if complete {
+            for (cell, value) in self.shared.totals.iter().zip(sum) {
+                cell.store(value, Ordering::Relaxed);
+            }
+        }
+        self.publish_due();
+    }
+
+    /// The sweep's "now" for choosing due rooms. Redis's own time decides
+    /// in the script; a skewed clock here only picks rooms early (the
+    /// script then finds them not due) or late (another instance sweeps
+    /// them).
+    fn now_ms_for_sweep(&self) -> Millis {
+        self.shared.clock.now()
+    }
+
+    /// Sweeps one group; returns its totals (sessions, rooms, online).
+    async fn sweep_group(&self, g: u64, now: Millis) -> Option<[u64; 3]> {
+        let (due, totals) = self.shared.keys.group(g);
+        loop {
+            let (d, limit) = (due.clone(), DUE_PER_READ);
+            let rooms: Vec<String> = self
+                .timed(Op::Sweep, None, |mut conn| async move {
+                    redis::cmd("ZRANGEBYSCORE")
+                        .arg(&d)
+                        .arg("-inf")
+                        .arg(now)
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(limit)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await
+                .ok()?;
+            let expiries = rooms.iter().map(|room| self.expire_room(room));
+            futures_util::future::join_all(expiries).await;
+            if rooms.len() < DUE_PER_READ {
+                break;
+            }
+        }
+        let t = totals.clone();
+        let counts: (Option<u64>, Option<u64>, Option<u64>) = self
+            .timed(Op::Sweep, None, |mut conn| async move {
+                redis::cmd("HMGET")
+                    .arg(&t)
+                    .arg("s")
+                    .arg("r")
+                    .arg("o")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await
+            .ok()?;
+        Some([
+            counts.0.unwrap_or(0),
+            counts.1.unwrap_or(0),
+            counts.2.unwrap_or(0),
+        ])
+    }
+
+    /// Runs the expiry script on one due room, then the second steps of
+    /// what it ended.
+    async fn expire_room(&self, room_id: &str) {
+        let limits = &self.shared.config.limits;
+        let keys = self.shared.keys.room(room_id);
+        let retention = (limits.retention.as_millis() as Millis).to_string();
+        let batch = (limits.snapshot_interval.as_millis() as Millis).to_string();
+        let reply = self
+            .room_call(
+                Op::Sweep,
+                &self.shared.scripts.expire,
+                room_id,
+                &keys,
+                &[&retention, &batch],
+            )
+            .await;
+        let parsed = reply.and_then(|value| {
+            parse_expired(value).map_err(|e| self.shared.calls.error(e, Some(room_id)))
+        });
+        let (deleted, sessions, purged) = match parsed {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                tracing::debug!(%err, room_id, "room not swept; retried at the next sweep");
+                return;
+            }
+        };
+        for (session_id, user_id) in &sessions {
+            Counters::bump(&self.shared.counters.sessions_expired);
+            self.session_ended(room_id, user_id, session_id).await;
+        }
+        for user_id in &purged {
+            Counters::bump(&self.shared.counters.users_purged);
+            self.user_release(user_id, room_id, 0, true).await;
+        }
+        if deleted {
+            self.totals_release(0, 1).await;
+        }
+    }
+}
+
+/// The expiry script's reply: room deleted, ended (session, user) pairs,
+/// purged users.
+#[allow(clippy::type_complexity)]
+fn parse_expired(
+    value: Value,
+) -> Result<(bool, Vec<(String, String)>, Vec<String>), redis::RedisError> {
+    let mut reply = Reply::new(value)?;
+    let deleted = reply.number()? == 1;
+    let mut sessions = Vec::new();
+    loop {
+        let session = reply.text()?;
+        if session.is_empty() {
+            break;
+        }
+        sessions.push((session, reply.text()?));
+    }
+    let mut purged = Vec::new();
+    while !reply.is_empty() {
+        purged.push(reply.text()?);
+    }
+    Ok((deleted, sessions, purged))
+}
