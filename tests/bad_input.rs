@@ -20,7 +20,6 @@ async fn expect_invalid(client: &mut Client, req: pb::HeartbeatRequest, needle: 
     );
 }
 
-#[tokio::test]
 async fn ids_intervals_and_data_are_bounded_with_clear_messages() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -184,3 +183,7 @@ async fn a_public_address_without_auth_is_refused_unless_asked_for() {
         "{err}"
     );
 }
+
+every_store!(
+    ids_intervals_and_data_are_bounded_with_clear_messages,
+);

@@ -111,7 +111,6 @@ async fn a_peer_that_stops_answering_pings_loses_its_watch_streams() {
     drop(silent);
 }
 
-#[tokio::test]
 async fn connections_close_at_max_age_and_a_reconnecting_watcher_sees_no_gap() {
     let server = TestServer::with(|c| {
         c.max_connection_age = Some(Duration::from_millis(600));
@@ -252,3 +251,7 @@ async fn the_stream_limit_per_connection_holds() {
         .expect("the third stream opens once a slot is free")
         .unwrap();
 }
+
+every_store!(
+    connections_close_at_max_age_and_a_reconnecting_watcher_sees_no_gap,
+);

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use presenced::grpc::pb;
 
-#[tokio::test]
 async fn a_silent_session_goes_offline_between_2_5_and_3_5_intervals() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -57,3 +56,7 @@ async fn a_silent_session_goes_offline_between_2_5_and_3_5_intervals() {
         }
     }
 }
+
+every_store!(
+    a_silent_session_goes_offline_between_2_5_and_3_5_intervals,
+);

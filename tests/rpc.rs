@@ -4,10 +4,8 @@ mod common;
 
 use common::*;
 use presenced::grpc::pb;
-use presenced::presence::Store as _;
 use tonic::Code;
 
-#[tokio::test]
 async fn heartbeat_list_disconnect_round_trip() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -89,7 +87,6 @@ async fn heartbeat_list_disconnect_round_trip() {
         .unwrap();
 }
 
-#[tokio::test]
 async fn list_user_update_list_room_remove() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -224,10 +221,9 @@ async fn list_user_update_list_room_remove() {
     assert_eq!(snap.total_count, 0);
     // The session of the removed room is gone: its id is free again.
     join(&mut client, "r3", "u", "s1").await;
-    assert_eq!(server.store.stats().sessions, 2);
+    assert_eq!(server.sessions().await, 2);
 }
 
-#[tokio::test]
 async fn session_reuse_is_a_failed_precondition() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -246,7 +242,6 @@ async fn session_reuse_is_a_failed_precondition() {
     assert!(err.message().contains("another user"), "{}", err.message());
 }
 
-#[tokio::test]
 async fn tokens_are_refused_when_forged_truncated_or_of_the_wrong_kind() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
@@ -283,8 +278,11 @@ async fn tokens_are_refused_when_forged_truncated_or_of_the_wrong_kind() {
         assert!(err.message().starts_with("room_token"), "{}", err.message());
     }
 
-    // A token from another server's key is refused.
-    let other = TestServer::start().await;
+    // A token signed with another key (another deployment) is refused.
+    let other = TestServer::with(|c| {
+        c.token_keys = vec!["the key of another deployment, 32+ bytes".into()]
+    })
+    .await;
     let mut other_client = other.client().await;
     let foreign = join(&mut other_client, "r", "u", "s2").await;
     let err = client.list(list(&foreign.room_token)).await.unwrap_err();
@@ -299,7 +297,6 @@ async fn tokens_are_refused_when_forged_truncated_or_of_the_wrong_kind() {
     assert_eq!(err.code(), Code::Unauthenticated);
 }
 
-#[tokio::test]
 async fn a_shared_token_key_makes_tokens_valid_everywhere_and_after_restart() {
     const KEY: &str = "an example key of at least thirty-two bytes";
     let a = TestServer::with(|c| c.token_keys = vec![KEY.into()]).await;
@@ -327,3 +324,11 @@ async fn a_shared_token_key_makes_tokens_valid_everywhere_and_after_restart() {
         .await
         .unwrap();
 }
+
+every_store!(
+    heartbeat_list_disconnect_round_trip,
+    list_user_update_list_room_remove,
+    session_reuse_is_a_failed_precondition,
+    tokens_are_refused_when_forged_truncated_or_of_the_wrong_kind,
+    a_shared_token_key_makes_tokens_valid_everywhere_and_after_restart,
+);

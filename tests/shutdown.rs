@@ -14,7 +14,6 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-#[tokio::test]
 async fn thousands_of_streams_end_with_unavailable_and_the_server_stops_in_time() {
     let server = TestServer::start().await; // grace 3 s
     let mut health = HealthClient::new(server.channel().await);
@@ -145,3 +144,7 @@ fn the_binary_refuses_a_public_address_without_auth() {
         "{stderr}"
     );
 }
+
+every_store!(
+    thousands_of_streams_end_with_unavailable_and_the_server_stops_in_time,
+);

@@ -3,7 +3,6 @@
 
 mod common;
 
-use presenced::presence::Store as _;
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -75,7 +74,6 @@ fn grpc_web_request(path: &str, message: &impl Message) -> Request<Full<Bytes>> 
         .unwrap()
 }
 
-#[tokio::test]
 async fn grpc_web_over_http1_and_http2() {
     let server = TestServer::start().await;
     for (i, proto) in ["http1", "http2"].into_iter().enumerate() {
@@ -119,7 +117,6 @@ async fn grpc_web_over_http1_and_http2() {
     }
 }
 
-#[tokio::test]
 async fn grpc_web_errors_carry_status_in_trailers() {
     let server = TestServer::start().await;
     let req = grpc_web_request(
@@ -204,12 +201,11 @@ fn beacon(body: impl Into<Bytes>) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-#[tokio::test]
 async fn the_beacon_route_ends_a_session() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let tokens = join(&mut client, "r", "u", "s").await;
-    assert_eq!(server.store.stats().sessions, 1);
+    assert_eq!(server.sessions().await, 1);
 
     let resp = http1(server.addr, beacon(tokens.session_token.clone())).await;
     assert_eq!(resp.status(), 204, "{:?}", resp.body());
@@ -244,3 +240,9 @@ async fn the_beacon_route_ends_a_session() {
     let resp = http1(server.addr, beacon("A".repeat(4097))).await;
     assert_eq!(resp.status(), 413);
 }
+
+every_store!(
+    grpc_web_over_http1_and_http2,
+    grpc_web_errors_carry_status_in_trailers,
+    the_beacon_route_ends_a_session,
+);

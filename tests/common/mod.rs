@@ -17,6 +17,64 @@ use tonic::transport::Channel;
 
 pub type Client = PresenceServiceClient<Channel>;
 
+/// The store a test's servers use: the embedded one, or a Redis server or
+/// Cluster the test binary started (each test on a key prefix of its own,
+/// shared by all the servers it starts, so they are instances of one
+/// deployment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Memory,
+    Redis,
+    Cluster,
+}
+
+tokio::task_local! {
+    static STORE: (StoreKind, String);
+}
+
+/// Runs a test with its servers on `kind`.
+pub async fn with_store<F: std::future::Future>(kind: StoreKind, test: F) -> F::Output {
+    STORE.scope((kind, redis::prefix()), test).await
+}
+
+/// The store of the running test (memory outside [`with_store`]).
+pub fn store_kind() -> StoreKind {
+    STORE.try_with(|(kind, _)| *kind).unwrap_or(StoreKind::Memory)
+}
+
+/// Points `config` at the running test's store.
+pub fn use_test_store(config: &mut Config) {
+    let Ok((kind, prefix)) = STORE.try_with(|s| s.clone()) else {
+        return;
+    };
+    let url = match kind {
+        StoreKind::Memory => return,
+        StoreKind::Redis => redis::shared_redis().url(),
+        StoreKind::Cluster => redis::shared_cluster().url(),
+    };
+    config.store = url;
+    config.store_key_prefix = prefix;
+    // Debug builds of the server, its clients and Redis share two cores.
+    config.store_timeout = Duration::from_secs(5);
+}
+
+/// Each named `async fn` as a test on every store: `memory::name`,
+/// `redis::name`, `redis_cluster::name`.
+#[macro_export]
+macro_rules! every_store {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test] async fn $name() { $crate::common::with_store($crate::common::StoreKind::Memory, super::$name()).await })*
+        }
+        mod redis {
+            $(#[tokio::test] async fn $name() { $crate::common::with_store($crate::common::StoreKind::Redis, super::$name()).await })*
+        }
+        mod redis_cluster {
+            $(#[tokio::test] async fn $name() { $crate::common::with_store($crate::common::StoreKind::Cluster, super::$name()).await })*
+        }
+    };
+}
+
 /// A running server. Dropping it without `stop` aborts the server task.
 pub struct TestServer {
     pub addr: SocketAddr,
@@ -35,6 +93,7 @@ impl TestServer {
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::defaults();
         config.shutdown_grace = Duration::from_secs(3);
+        use_test_store(&mut config);
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -49,6 +108,27 @@ impl TestServer {
             store,
             stop: Some(stop),
             task: Some(task),
+        }
+    }
+
+    /// Live sessions in all, exactly, now (a shared store's `stats` are
+    /// as of its last sweep).
+    pub async fn sessions(&self) -> usize {
+        self.totals().await.0
+    }
+
+    /// Live sessions and rooms in all, exactly, now.
+    pub async fn totals(&self) -> (usize, usize) {
+        use presenced::presence::Store as _;
+        match self.store.redis() {
+            Some(redis) => {
+                let (s, r) = redis.totals().await.unwrap();
+                (s as usize, r as usize)
+            }
+            None => {
+                let stats = self.store.stats();
+                (stats.sessions, stats.rooms)
+            }
         }
     }
 
