@@ -1,6 +1,7 @@
 //! A real `presenced` on an ephemeral loopback port, for integration tests.
 #![allow(dead_code)] // each test file uses a different part of this
 
+pub mod instance;
 pub mod redis;
 
 use std::net::SocketAddr;
