@@ -34,6 +34,15 @@ Every option is also an environment variable (shown) and a key of the \
 Precedence: flag, then environment, then file, then default. \
 Durations: 500ms, 10s, 5m, 24h.";
 
+/// How a room's coalescing window is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CoalescingMode {
+    /// By the cost of the room's fan-out, up to --snapshot-interval.
+    Adaptive,
+    /// Always --snapshot-interval.
+    Fixed,
+}
+
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -267,10 +276,16 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_MAX_LIST_LIMIT", default_value_t = presence::DEFAULT_MAX_LIST_LIMIT)]
     pub max_list_limit: u32,
 
-    /// Minimum time between two snapshots of one room; changes within it are
-    /// coalesced into one.
+    /// The longest coalescing window of a room: at most one snapshot per
+    /// window, changes within it folded into one (see --coalescing).
     #[arg(long, env = "PRESENCE_SNAPSHOT_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub snapshot_interval: Duration,
+
+    /// How a room's coalescing window is chosen: `adaptive` (twice the
+    /// estimated CPU of its fan-out, so a small room publishes at once; at
+    /// most --snapshot-interval) or `fixed` (always --snapshot-interval).
+    #[arg(long, env = "PRESENCE_COALESCING", value_enum, default_value_t = CoalescingMode::Adaptive)]
+    pub coalescing: CoalescingMode,
 
     /// Live sessions one user may hold in one room.
     #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER_ROOM", default_value_t = presence::DEFAULT_MAX_SESSIONS_PER_USER_ROOM)]
@@ -635,6 +650,10 @@ impl Config {
             max_list_limit: self.max_list_limit,
             retention: self.retention,
             snapshot_interval: self.snapshot_interval,
+            coalescing: match self.coalescing {
+                CoalescingMode::Adaptive => presence::Coalescing::Adaptive,
+                CoalescingMode::Fixed => presence::Coalescing::Fixed,
+            },
             max_sessions_per_user_room: self.max_sessions_per_user_room,
             max_sessions_per_user: self.max_sessions_per_user,
             max_rooms_per_user: self.max_rooms_per_user,

@@ -26,11 +26,12 @@ use std::fmt;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::presence::{AnyStore, Health, Store};
@@ -137,6 +138,20 @@ struct EngineCollector {
 impl fmt::Debug for EngineCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("EngineCollector")
+    }
+}
+
+/// A histogram read from elsewhere: sum, count, (upper bound, calls in the
+/// bucket).
+struct ConstHistogram(f64, u64, Vec<(f64, u64)>);
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        encoder.encode_histogram::<NoLabelSet>(self.0, self.1, &self.2, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
     }
 }
 
@@ -268,6 +283,18 @@ impl Collector for EngineCollector {
             "Times the shared store's notification connection was re-established",
             counts.notifier_reconnects,
         )?;
+        if let Some(redis) = self.store.redis() {
+            let mut family = enc.encode_descriptor(
+                "presenced_store_call_duration",
+                "Calls to Redis, by operation (scripts, reads, second steps, sweeps)",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for op in redis.latencies() {
+                ConstHistogram(op.sum, op.count, op.buckets)
+                    .encode(family.encode_family(&[("op", op.op)])?)?;
+            }
+        }
         if let Some(p) = self.store.memory().and_then(|m| m.persist_counts()) {
             let c = ConstCounter::new(0u64);
             let mut family = enc.encode_descriptor(

@@ -184,6 +184,4 @@ async fn a_public_address_without_auth_is_refused_unless_asked_for() {
     );
 }
 
-every_store!(
-    ids_intervals_and_data_are_bounded_with_clear_messages,
-);
+every_store!(ids_intervals_and_data_are_bounded_with_clear_messages,);

@@ -252,6 +252,4 @@ async fn the_stream_limit_per_connection_holds() {
         .unwrap();
 }
 
-every_store!(
-    connections_close_at_max_age_and_a_reconnecting_watcher_sees_no_gap,
-);
+every_store!(connections_close_at_max_age_and_a_reconnecting_watcher_sees_no_gap,);

@@ -57,6 +57,4 @@ async fn a_silent_session_goes_offline_between_2_5_and_3_5_intervals() {
     }
 }
 
-every_store!(
-    a_silent_session_goes_offline_between_2_5_and_3_5_intervals,
-);
+every_store!(a_silent_session_goes_offline_between_2_5_and_3_5_intervals,);

@@ -21,7 +21,14 @@ const SOON: Duration = Duration::from_secs(5);
 /// Three instances on `url` under one new key prefix.
 async fn three(url: &str, extra: &[&str]) -> Vec<Instance> {
     let prefix = prefix();
-    let mut args = vec!["--store", url, "--store-key-prefix", &prefix, "--token-key", KEY];
+    let mut args = vec![
+        "--store",
+        url,
+        "--store-key-prefix",
+        &prefix,
+        "--token-key",
+        KEY,
+    ];
     args.extend_from_slice(extra);
     let mut out = Vec::new();
     for _ in 0..3 {
@@ -55,7 +62,11 @@ async fn next(stream: &mut Watch, within: Duration) -> pb::RoomSnapshot {
 }
 
 /// Reads snapshots until one satisfies `done`, within `within`.
-async fn until(stream: &mut Watch, within: Duration, done: impl Fn(&pb::RoomSnapshot) -> bool) -> pb::RoomSnapshot {
+async fn until(
+    stream: &mut Watch,
+    within: Duration,
+    done: impl Fn(&pb::RoomSnapshot) -> bool,
+) -> pb::RoomSnapshot {
     let deadline = tokio::time::Instant::now() + within;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -75,7 +86,11 @@ async fn quiet(stream: &mut Watch, within: Duration) {
 
 async fn calls_go_to_any_instance_and_watchers_anywhere_see_them(url: String) {
     let nodes = three(&url, &[]).await;
-    let (mut a, mut b, mut c) = (nodes[0].client().await, nodes[1].client().await, nodes[2].client().await);
+    let (mut a, mut b, mut c) = (
+        nodes[0].client().await,
+        nodes[1].client().await,
+        nodes[2].client().await,
+    );
     let alice = join(&mut a, "doc", "alice", "alice-tab-1").await;
     // List and WatchRoom through B, with A's room token.
     let listed = b
@@ -134,11 +149,26 @@ async fn calls_go_to_any_instance_and_watchers_anywhere_see_them(url: String) {
         .rooms;
     assert_eq!(rooms.len(), 1);
     assert!(!rooms[0].online);
+    // What each instance did with Redis shows in its metrics.
+    let m = nodes[0].metrics().await;
+    assert_eq!(m["presenced_store_up"], 1.0);
+    let heartbeats = m["presenced_store_call_duration_seconds_count{op=\"heartbeat\"}"];
+    assert!(
+        heartbeats >= 2.0,
+        "alice and bob joined through A: {heartbeats}"
+    );
+    assert_eq!(
+        m["presenced_store_call_duration_seconds_bucket{le=\"+Inf\",op=\"heartbeat\"}"],
+        heartbeats
+    );
+    assert!(m["presenced_sweeps_total"] >= 1.0);
 }
 
 async fn beacon(node: &Instance, token: &str) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port)).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", node.port))
+        .await
+        .unwrap();
     let request = format!(
         "POST /v1/disconnect HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{token}",
         token.len()
@@ -156,7 +186,11 @@ async fn an_instance_killed_loses_no_presence(url: String) {
         let tokens = join(&mut a, "room", "u0", "s0").await;
         watch(&mut nodes[1].client().await, &tokens.room_token).await
     };
-    let mut on_c = watch(&mut nodes[2].client().await, &join(&mut a, "room", "u1", "s1").await.room_token).await;
+    let mut on_c = watch(
+        &mut nodes[2].client().await,
+        &join(&mut a, "room", "u1", "s1").await.room_token,
+    )
+    .await;
     until(&mut on_b, SOON, |s| s.online_count == 2).await;
     until(&mut on_c, SOON, |s| s.online_count == 2).await;
 
@@ -190,8 +224,16 @@ async fn each_expiring_session_ends_exactly_once(url: String) {
     for i in 0..N {
         let hb = a
             .heartbeat(pb::HeartbeatRequest {
-                interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
-                ..heartbeat(&format!("room-{}", i % 6), &format!("u{i}"), &format!("s{i}"), 0)
+                interval: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..heartbeat(
+                    &format!("room-{}", i % 6),
+                    &format!("u{i}"),
+                    &format!("s{i}"),
+                    0,
+                )
             })
             .await
             .unwrap()
@@ -217,23 +259,40 @@ async fn each_expiring_session_ends_exactly_once(url: String) {
                 break;
             }
         }
-        assert!(online_seen.windows(2).all(|w| w[1] < w[0]), "online only falls: {online_seen:?}");
+        assert!(
+            online_seen.windows(2).all(|w| w[1] < w[0]),
+            "online only falls: {online_seen:?}"
+        );
         quiet(s, Duration::from_millis(300)).await;
     }
     let expired = |m: HashMap<String, f64>| {
-        m.get("presenced_sessions_ended_total{reason=\"expired\"}").copied().unwrap_or(0.0)
+        m.get("presenced_sessions_ended_total{reason=\"expired\"}")
+            .copied()
+            .unwrap_or(0.0)
     };
     let mut total = 0.0;
     for node in &nodes {
         total += expired(node.metrics().await);
     }
-    assert_eq!(total as usize, N, "every session ended once, by one instance");
+    assert_eq!(
+        total as usize, N,
+        "every session ended once, by one instance"
+    );
 }
 
 async fn watchers_converge_after_their_subscriptions_are_killed(redis: &RedisServer) {
     let prefix = prefix();
     let url = redis.url();
-    let args = ["--store", &url, "--store-key-prefix", &prefix, "--token-key", KEY, "--store-resync-interval", "1s"];
+    let args = [
+        "--store",
+        &url,
+        "--store-key-prefix",
+        &prefix,
+        "--token-key",
+        KEY,
+        "--store-resync-interval",
+        "1s",
+    ];
     let a = Instance::start(&args).await;
     let b = Instance::start(&args).await;
     let mut ca = a.client().await;
@@ -241,16 +300,25 @@ async fn watchers_converge_after_their_subscriptions_are_killed(redis: &RedisSer
     let mut on_b = watch(&mut b.client().await, &tokens.room_token).await;
     next(&mut on_b, SOON).await;
     let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-    assert!(killed.trim().parse::<u32>().is_ok_and(|n| n >= 1), "killed {killed}");
+    assert!(
+        killed.trim().parse::<u32>().is_ok_and(|n| n >= 1),
+        "killed {killed}"
+    );
     // Changes made while the subscriptions are gone are not lost for long.
     for i in 0..5 {
         join(&mut ca, "room", &format!("u{i}"), &format!("s{i}")).await;
     }
     // The documented bound: one resync interval, a window, a round trip.
-    let converged = until(&mut on_b, Duration::from_millis(2500), |s| s.online_count == 6).await;
+    let converged = until(&mut on_b, Duration::from_millis(2500), |s| {
+        s.online_count == 6
+    })
+    .await;
     assert_eq!(converged.total_count, 6);
     let m = b.metrics().await;
-    assert!(m["presenced_store_notifier_reconnects_total"] >= 1.0, "{m:?}");
+    assert!(
+        m["presenced_store_notifier_reconnects_total"] >= 1.0,
+        "{m:?}"
+    );
     // And notifications flow again.
     join(&mut ca, "room", "late", "l1").await;
     until(&mut on_b, SOON, |s| s.online_count == 7).await;
@@ -260,7 +328,16 @@ async fn redis_going_away_and_coming_back(keep_data: bool) {
     let mut redis = RedisServer::start();
     let prefix = prefix();
     let url = redis.url();
-    let args = ["--store", &url, "--store-key-prefix", &prefix, "--token-key", KEY, "--store-timeout", "500ms"];
+    let args = [
+        "--store",
+        &url,
+        "--store-key-prefix",
+        &prefix,
+        "--token-key",
+        KEY,
+        "--store-timeout",
+        "500ms",
+    ];
     let a = Instance::start(&args).await;
     let b = Instance::start(&args).await;
     let mut ca = a.client().await;
@@ -272,23 +349,45 @@ async fn redis_going_away_and_coming_back(keep_data: bool) {
     redis.stop(keep_data);
     // Calls fail fast with UNAVAILABLE naming the store; health follows.
     let started = std::time::Instant::now();
-    let err = ca.heartbeat(heartbeat("room", "carol", "c1", 10)).await.unwrap_err();
+    let err = ca
+        .heartbeat(heartbeat("room", "carol", "c1", 10))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
     assert!(err.message().contains(&url), "{}", err.message());
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
-    assert_eventually!(a.health().await == Some(2), Duration::from_secs(5), "NOT_SERVING while Redis is down");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eventually!(
+        a.health().await == Some(2),
+        Duration::from_secs(5),
+        "NOT_SERVING while Redis is down"
+    );
     let (status, body) = a.admin_get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     assert!(a.metrics().await["presenced_store_up"] == 0.0);
 
     redis.run();
-    assert_eventually!(a.health().await == Some(1), Duration::from_secs(10), "SERVING again, no restart");
-    assert_eventually!(b.health().await == Some(1), Duration::from_secs(10), "B too");
+    assert_eventually!(
+        a.health().await == Some(1),
+        Duration::from_secs(10),
+        "SERVING again, no restart"
+    );
+    assert_eventually!(
+        b.health().await == Some(1),
+        Duration::from_secs(10),
+        "B too"
+    );
     assert_eq!(a.admin_get("/readyz").await.0, 200);
     if keep_data {
         // Nothing acknowledged before was lost.
         let listed = ca
-            .list(pb::ListRequest { room_token: tokens.room_token.clone(), limit: 0 })
+            .list(pb::ListRequest {
+                room_token: tokens.room_token.clone(),
+                limit: 0,
+            })
             .await
             .unwrap()
             .into_inner()
@@ -352,9 +451,15 @@ async fn a_flood_of_joins_over_three_instances_is_coalesced(url: String) {
     // 50 ms cap), so at most one build per 6 ms of joins, and the same for
     // each watcher, however many changes came in.
     let bound = (elapsed.as_millis() as f64 / 6.0).ceil() + 3.0;
-    assert!(built <= bound, "{built} snapshots built for 600 joins in {elapsed:?} (bound {bound})");
+    assert!(
+        built <= bound,
+        "{built} snapshots built for 600 joins in {elapsed:?} (bound {bound})"
+    );
     let most = *counts.iter().max().unwrap() as f64;
-    assert!(most <= bound, "a watcher got {most} snapshots (bound {bound})");
+    assert!(
+        most <= bound,
+        "a watcher got {most} snapshots (bound {bound})"
+    );
 }
 
 #[tokio::test]

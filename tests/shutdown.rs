@@ -145,6 +145,4 @@ fn the_binary_refuses_a_public_address_without_auth() {
     );
 }
 
-every_store!(
-    thousands_of_streams_end_with_unavailable_and_the_server_stops_in_time,
-);
+every_store!(thousands_of_streams_end_with_unavailable_and_the_server_stops_in_time,);

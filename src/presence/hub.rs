@@ -40,7 +40,6 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::WatchStream;
@@ -48,7 +47,7 @@ use tokio_stream::Stream;
 
 use super::clock::Millis;
 use super::counters::Counters;
-use super::model::{Error, Id, Snapshot};
+use super::model::{Coalescing, Error, Id, Limits, Snapshot};
 
 /// Number of room shards (a power of two).
 const SHARDS: usize = 64;
@@ -93,6 +92,8 @@ struct Inner {
     due_changed: Notify,
     /// The longest window (`--snapshot-interval`), ms.
     window_cap: Millis,
+    /// Windows follow the fan-out's cost, or are always the cap.
+    adaptive: bool,
     /// Rooms watched here at most (`--max-rooms`).
     max_rooms: usize,
     /// Rooms watched here.
@@ -121,9 +122,11 @@ struct Watched {
 }
 
 impl Hub {
-    /// A hub whose windows are at most `window_cap`, watching at most
-    /// `max_rooms` rooms, counting into `counters`.
-    pub fn new(window_cap: Duration, max_rooms: usize, counters: Arc<Counters>) -> Self {
+    /// A hub for `limits` (its windows, at most `snapshot_interval`, and
+    /// at most `max_rooms` watched rooms), counting into `counters`.
+    pub fn new(limits: &Limits, counters: Arc<Counters>) -> Self {
+        let window_cap = limits.snapshot_interval;
+        let max_rooms = limits.max_rooms;
         Self {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
@@ -131,6 +134,7 @@ impl Hub {
                 due: Mutex::default(),
                 due_changed: Notify::new(),
                 window_cap: window_cap.as_millis() as Millis,
+                adaptive: limits.coalescing == Coalescing::Adaptive,
                 max_rooms,
                 rooms: AtomicUsize::new(0),
                 counters,
@@ -351,6 +355,9 @@ impl Hub {
     /// The window a room with `watchers` watchers and `listed` listed users
     /// gets, in ms (see the module doc).
     pub fn window_for(&self, watchers: u32, listed: usize) -> Millis {
+        if !self.inner.adaptive {
+            return self.inner.window_cap;
+        }
         window_ms(self.inner.window_cap, watchers, listed)
     }
 }
@@ -364,6 +371,9 @@ impl Inner {
     }
 
     fn window(&self, watched: &Watched) -> Millis {
+        if !self.adaptive {
+            return self.window_cap;
+        }
         let listed = watched.tx.borrow().as_ref().map_or(0, |s| s.users.len());
         window_ms(self.window_cap, watched.watchers, listed)
     }
@@ -438,7 +448,15 @@ impl Drop for Guard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio_stream::StreamExt;
+
+    fn limits(max_rooms: usize) -> Limits {
+        Limits {
+            max_rooms,
+            ..Limits::default()
+        }
+    }
 
     fn snapshot(room: &str, version: u64, users: usize) -> Snapshot {
         Snapshot {
@@ -466,18 +484,26 @@ mod tests {
 
     #[test]
     fn windows_follow_the_cost_of_a_fan_out_up_to_the_cap() {
-        let hub = Hub::new(Duration::from_millis(50), 10, Arc::default());
+        let hub = Hub::new(&limits(10), Arc::default());
         assert_eq!(hub.window_for(10, 5), 0, "a small room publishes at once");
         assert_eq!(hub.window_for(100, 5), 1);
         assert_eq!(hub.window_for(1000, 5), 16);
         assert_eq!(hub.window_for(1000, 1000), 50, "capped");
         assert_eq!(hub.window_for(0, 0), 0);
+        let fixed = Hub::new(
+            &Limits {
+                coalescing: Coalescing::Fixed,
+                ..Limits::default()
+            },
+            Arc::default(),
+        );
+        assert_eq!(fixed.window_for(10, 5), 50, "a fixed window for every room");
     }
 
     #[tokio::test]
     async fn changes_publish_or_defer_by_the_window_and_never_go_back() {
         let counters = Arc::new(Counters::default());
-        let hub = Hub::new(Duration::from_millis(50), 10, counters.clone());
+        let hub = Hub::new(&limits(10), counters.clone());
         assert_eq!(hub.changed("r", 5), Change::NotWatched);
         // 1000 watchers of 5 users: a 16 ms window.
         let mut subs: Vec<Subscription> = (0..1000)
@@ -504,7 +530,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_last_watcher_leaving_tells_the_store_and_a_failure_ends_streams() {
-        let hub = Hub::new(Duration::from_millis(50), 10, Arc::default());
+        let hub = Hub::new(&limits(10), Arc::default());
         let idle = Arc::new(Mutex::new(Vec::new()));
         let seen = idle.clone();
         hub.on_idle(move |room| seen.lock().unwrap().push(room.to_string()));
@@ -533,7 +559,7 @@ mod tests {
 
     #[test]
     fn watched_rooms_are_bounded() {
-        let hub = Hub::new(Duration::from_millis(50), 2, Arc::default());
+        let hub = Hub::new(&limits(2), Arc::default());
         let _a = hub.subscribe("a", || snapshot("a", 1, 0)).unwrap();
         let _b = hub.subscribe("b", || snapshot("b", 1, 0)).unwrap();
         let _a2 = hub.subscribe("a", || snapshot("a", 1, 0)).unwrap();

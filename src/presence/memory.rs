@@ -101,7 +101,7 @@ impl Memory {
     /// An empty store.
     pub fn new(limits: Limits, clock: Arc<dyn Clock>) -> Self {
         let counters = Arc::new(Counters::default());
-        let hub = Hub::new(limits.snapshot_interval, limits.max_rooms, counters.clone());
+        let hub = Hub::new(&limits, counters.clone());
         let shared = Arc::new(Shared {
             clock,
             limits,

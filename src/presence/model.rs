@@ -46,6 +46,17 @@ pub const DEFAULT_MAX_SESSIONS: usize = 5_000_000;
 /// Default bound on rooms in all.
 pub const DEFAULT_MAX_ROOMS: usize = 1_000_000;
 
+/// How a room's coalescing window is chosen (see [`Hub`](super::Hub)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Coalescing {
+    /// Twice the estimated CPU of the room's fan-out, at most the snapshot
+    /// interval: small rooms publish at once.
+    #[default]
+    Adaptive,
+    /// Always the snapshot interval, whatever the room's size.
+    Fixed,
+}
+
 /// Bounds on input and behaviour knobs of the engine. Every field is
 /// configurable; the defaults are the `DEFAULT_*` constants.
 #[derive(Debug, Clone)]
@@ -70,6 +81,9 @@ pub struct Limits {
     /// usually shorter (see [`Hub`](super::Hub)); this bounds it. Also the
     /// batching of a room's expiries.
     pub snapshot_interval: Duration,
+    /// How a room's window is chosen: by the cost of its fan-out (up to
+    /// `snapshot_interval`), or always `snapshot_interval`.
+    pub coalescing: Coalescing,
     /// Live sessions one user may hold in one room.
     pub max_sessions_per_user_room: usize,
     /// Live sessions one user may hold across rooms.
@@ -93,6 +107,7 @@ impl Default for Limits {
             max_list_limit: DEFAULT_MAX_LIST_LIMIT,
             retention: DEFAULT_RETENTION,
             snapshot_interval: DEFAULT_SNAPSHOT_INTERVAL,
+            coalescing: Coalescing::Adaptive,
             max_sessions_per_user_room: DEFAULT_MAX_SESSIONS_PER_USER_ROOM,
             max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
             max_rooms_per_user: DEFAULT_MAX_ROOMS_PER_USER,

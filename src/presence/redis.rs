@@ -144,11 +144,7 @@ impl Redis {
         let calls = conn::Link::calls(&config.target, config.timeout)?;
         let notifications = conn::Link::notifications(&config.target, config.timeout, push_tx)?;
         let counters = Arc::new(Counters::default());
-        let hub = Hub::new(
-            config.limits.snapshot_interval,
-            config.limits.max_rooms,
-            counters.clone(),
-        );
+        let hub = Hub::new(&config.limits, counters.clone());
         hub.on_idle(move |room| {
             let _ = idle_tx.send(room.clone());
         });
@@ -249,8 +245,7 @@ impl Redis {
         }
     }
 
-    /// Call latencies by operation: (operation, bucket upper bounds in
-    /// seconds with their cumulative counts, sum of seconds, count).
+    /// Call latencies by operation.
     pub fn latencies(&self) -> Vec<ops::LatencySnapshot> {
         self.shared.latency.read()
     }

@@ -63,7 +63,11 @@ impl Instance {
     /// The status of the overall health check (1 SERVING, 2 NOT_SERVING),
     /// if it answers.
     pub async fn health(&self) -> Option<i32> {
-        let channel = Channel::from_shared(self.url()).unwrap().connect().await.ok()?;
+        let channel = Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .ok()?;
         let check = HealthClient::new(channel)
             .check(HealthCheckRequest {
                 service: String::new(),

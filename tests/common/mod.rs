@@ -40,7 +40,9 @@ pub async fn with_store<F: std::future::Future>(kind: StoreKind, test: F) -> F::
 
 /// The store of the running test (memory outside [`with_store`]).
 pub fn store_kind() -> StoreKind {
-    STORE.try_with(|(kind, _)| *kind).unwrap_or(StoreKind::Memory)
+    STORE
+        .try_with(|(kind, _)| *kind)
+        .unwrap_or(StoreKind::Memory)
 }
 
 /// Points `config` at the running test's store.

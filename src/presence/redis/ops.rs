@@ -1008,9 +1008,18 @@ const OPS: [(Op, &str); 10] = [
     (Op::Sweep, "sweep"),
 ];
 
-/// Upper bounds of the latency buckets, seconds: 100 µs … ~1.6 s.
-pub const LATENCY_BUCKETS: [f64; 8] = [
-    0.0001, 0.0004, 0.0016, 0.0064, 0.0256, 0.1024, 0.4096, 1.6384,
+/// Upper bounds of the latency buckets, seconds: 100 µs … ~1.6 s, then
+/// everything slower.
+pub const LATENCY_BUCKETS: [f64; 9] = [
+    0.0001,
+    0.0004,
+    0.0016,
+    0.0064,
+    0.0256,
+    0.1024,
+    0.4096,
+    1.6384,
+    f64::INFINITY,
 ];
 
 /// Call latencies by operation: relaxed atomics, read at scrape time.
@@ -1021,18 +1030,19 @@ pub struct Latencies {
 
 #[derive(Default)]
 struct OpLatency {
-    buckets: [AtomicU64; 8],
+    buckets: [AtomicU64; 9],
     count: AtomicU64,
     sum_ns: AtomicU64,
 }
 
-/// One operation's latencies: its name, the cumulative count of calls
-/// within each of [`LATENCY_BUCKETS`], the sum of seconds, the count.
+/// One operation's latencies: its name, the count of calls in each of
+/// [`LATENCY_BUCKETS`] (each bucket counts the calls above the bound
+/// before it), the sum of seconds, the count.
 #[derive(Debug, Clone)]
 pub struct LatencySnapshot {
     /// The operation.
     pub op: &'static str,
-    /// Cumulative counts per bucket.
+    /// (upper bound, calls in the bucket).
     pub buckets: Vec<(f64, u64)>,
     /// Seconds in all.
     pub sum: f64,
@@ -1056,14 +1066,10 @@ impl Latencies {
         OPS.iter()
             .map(|(op, name)| {
                 let o = &self.ops[*op as usize];
-                let mut cumulative = 0;
                 let buckets = LATENCY_BUCKETS
                     .iter()
                     .zip(&o.buckets)
-                    .map(|(bound, n)| {
-                        cumulative += n.load(Ordering::Relaxed);
-                        (*bound, cumulative)
-                    })
+                    .map(|(bound, n)| (*bound, n.load(Ordering::Relaxed)))
                     .collect();
                 LatencySnapshot {
                     op: name,
