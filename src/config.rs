@@ -235,6 +235,17 @@ pub struct Config {
     )]
     pub tls_client_auth_required: bool,
 
+    /// TLS handshakes in progress at most (each has 10 s); a connection
+    /// that arrives past it is closed at once, so a flood of slow handshakes
+    /// cannot grow the server without bound.
+    #[arg(
+        long,
+        env = "PRESENCE_MAX_TLS_HANDSHAKES",
+        default_value_t = 1024,
+        help_heading = "TLS"
+    )]
+    pub max_tls_handshakes: usize,
+
     /// How often the TLS files are checked for changes.
     #[arg(long, env = "PRESENCE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration, help_heading = "TLS")]
     pub tls_reload_interval: Duration,

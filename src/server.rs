@@ -281,6 +281,7 @@ fn tls_acceptor(config: &Config) -> Result<Option<tls::Acceptor>, Error> {
         client_ca: config.tls_client_ca.as_ref().map(Into::into),
         client_auth_required: config.tls_client_auth_required,
         reload_interval: config.tls_reload_interval,
+        max_handshakes: config.max_tls_handshakes,
     })
     .map_err(Error::Config)?;
     Ok(Some(acceptor))

@@ -3,10 +3,18 @@
 //!
 //! It sits inside the grpc-web translation, so grpc-web calls look like
 //! gRPC here and their status is read from the trailers. The outcome is
-//! recorded when the response body ends (or is dropped: a client that went
-//! away is `Cancelled`), so a WatchRoom stream counts once, for its whole
-//! life. Nothing from the request body or headers is logged, so no token
+//! recorded when the response body ends (or is dropped), so a WatchRoom
+//! stream counts once, for its whole life. A client that went away (its
+//! request body failed: a reset stream, a closed connection; or it dropped
+//! the response) is `CANCELLED`, whatever status the server was left to
+//! write. Nothing from the request body or headers is logged, so no token
 //! or JWT ever reaches the logs.
+//!
+//! One answer is corrected on its way out: tonic refuses a message over
+//! `--max-request-bytes` with OUT_OF_RANGE, which the presence API never
+//! answers otherwise; the gRPC status spec says RESOURCE_EXHAUSTED for a
+//! message larger than the configured limit, so that is what the caller
+//! gets.
 //!
 //! Log levels (target `presenced::rpc`): the closing event is `debug` (so
 //! `RUST_LOG=info,presenced::rpc=debug` is an access log and the default
@@ -16,10 +24,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Buf;
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use prost::Message;
@@ -69,9 +79,11 @@ pub struct Telemetry<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Telemetry<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<Watched<ReqBody>>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
     ResBody: Body + Unpin,
+    ReqBody: Body,
+    ReqBody::Data: Buf,
 {
     type Response = Response<Recorded<ResBody>>;
     type Error = S::Error;
@@ -102,6 +114,7 @@ where
             code = tracing::field::Empty,
             duration_ms = tracing::field::Empty,
         );
+        let gone = Arc::new(AtomicBool::new(false));
         let record = Record {
             span: span.clone(),
             layer: self.layer.clone(),
@@ -109,14 +122,35 @@ where
             method,
             peer,
             started: Instant::now(),
+            client_gone: gone.clone(),
         };
+        let framing = (service != BEACON.0).then(Framing::default);
+        let client_gone = gone.clone();
+        let request = request.map(|body| Watched {
+            body,
+            gone,
+            framing,
+        });
         let future = self.inner.call(request).instrument(span);
         Box::pin(async move {
-            let response = future.await?;
+            let mut response = future.await?;
             let code = if service == BEACON.0 {
-                Some(http_code(response.status()))
+                Some(crate::grpc::grpc_code(response.status()))
             } else {
-                grpc_code(response.headers())
+                let code = grpc_code(response.headers());
+                let rewrite = match code {
+                    Some(Code::OutOfRange) => Some(Code::ResourceExhausted),
+                    // tonic's "Unexpected EOF" for a request cut off.
+                    Some(Code::Internal) if client_gone.load(Ordering::Relaxed) => {
+                        Some(Code::Cancelled)
+                    }
+                    _ => None,
+                };
+                if let Some(new) = rewrite {
+                    let value = http::HeaderValue::from(new as i32);
+                    response.headers_mut().insert("grpc-status", value);
+                }
+                rewrite.or(code)
             };
             Ok(response.map(|body| Recorded {
                 body,
@@ -124,6 +158,93 @@ where
                 code,
             }))
         })
+    }
+}
+
+/// A request body that notes when the client went away: the body failed
+/// (a reset stream, a dropped connection), or, for gRPC, it ended inside a
+/// message (hyper ends the body quietly when a client resets its stream
+/// with NO_ERROR or CANCEL, and tonic would call the cut-off message an
+/// INTERNAL error).
+pub struct Watched<B> {
+    body: B,
+    gone: Arc<AtomicBool>,
+    /// gRPC length-prefixed framing, when the body carries it.
+    framing: Option<Framing>,
+}
+
+/// Where a gRPC request body is in its messages: header bytes seen of
+/// the next message, and body bytes still to come of the current one.
+#[derive(Default)]
+struct Framing {
+    header: [u8; 5],
+    have: usize,
+    left: u64,
+}
+
+impl Framing {
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.left > 0 {
+                let take = data.len().min(self.left as usize);
+                self.left -= take as u64;
+                data = &data[take..];
+                continue;
+            }
+            let take = data.len().min(5 - self.have);
+            self.header[self.have..self.have + take].copy_from_slice(&data[..take]);
+            self.have += take;
+            data = &data[take..];
+            if self.have == 5 {
+                self.have = 0;
+                self.left = u64::from(u32::from_be_bytes(
+                    self.header[1..5].try_into().expect("4 bytes"),
+                ));
+            }
+        }
+    }
+
+    fn mid_message(&self) -> bool {
+        self.have > 0 || self.left > 0
+    }
+}
+
+impl<B: Body + Unpin> Body for Watched<B>
+where
+    B::Data: Buf,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Err(_))) => this.gone.store(true, Ordering::Relaxed),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(framing), Some(data)) = (&mut this.framing, frame.data_ref()) {
+                    framing.feed(data.chunk());
+                }
+            }
+            Poll::Ready(None) => {
+                if this.framing.as_ref().is_some_and(Framing::mid_message) {
+                    this.gone.store(true, Ordering::Relaxed);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -143,6 +264,8 @@ struct Record {
     method: &'static str,
     peer: Option<SocketAddr>,
     started: Instant,
+    /// The request body failed: the client went away.
+    client_gone: Arc<AtomicBool>,
 }
 
 impl<B: Body + Unpin> Body for Recorded<B> {
@@ -199,6 +322,11 @@ impl<B> Drop for Recorded<B> {
 
 impl Record {
     fn finish(self, code: Code) {
+        let code = if self.client_gone.load(Ordering::Relaxed) {
+            Code::Cancelled
+        } else {
+            code
+        };
         let elapsed = self.started.elapsed();
         let metrics = &self.layer.metrics;
         let name = code_name(code);
@@ -265,19 +393,6 @@ impl std::fmt::Display for Peer {
 fn grpc_code(headers: &HeaderMap) -> Option<Code> {
     let value = headers.get("grpc-status")?;
     Some(Code::from_bytes(value.as_bytes()))
-}
-
-/// The gRPC code a beacon answer corresponds to.
-fn http_code(status: http::StatusCode) -> Code {
-    match status.as_u16() {
-        200..=299 => Code::Ok,
-        400 => Code::InvalidArgument,
-        401 => Code::Unauthenticated,
-        403 => Code::PermissionDenied,
-        413 | 429 => Code::ResourceExhausted,
-        503 => Code::Unavailable,
-        _ => Code::Unknown,
-    }
 }
 
 /// The canonical name of a code (`OK`, `INVALID_ARGUMENT`, ...).

@@ -37,6 +37,9 @@ pub struct Config {
     pub client_ca: Option<PathBuf>,
     /// Refuse clients without a verified certificate.
     pub client_auth_required: bool,
+    /// TLS handshakes in progress at most; a connection past it is closed
+    /// at once.
+    pub max_handshakes: usize,
     /// How often the files are checked for changes.
     pub reload_interval: Duration,
 }
@@ -127,6 +130,7 @@ pub struct Acceptor {
     acceptor: TlsAcceptor,
     resolver: Arc<Reloading>,
     reload_interval: Duration,
+    max_handshakes: usize,
 }
 
 impl Acceptor {
@@ -174,6 +178,7 @@ impl Acceptor {
             acceptor: TlsAcceptor::from(Arc::new(server)),
             resolver,
             reload_interval: config.reload_interval,
+            max_handshakes: config.max_handshakes.max(1),
         })
     }
 
@@ -197,6 +202,7 @@ impl Acceptor {
             }
         });
         let acceptor = self.acceptor;
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(self.max_handshakes));
         tokio::spawn(async move {
             loop {
                 let (tcp, peer) = tokio::select! {
@@ -211,10 +217,17 @@ impl Acceptor {
                     },
                     () = cancel.cancelled() => return,
                 };
+                // A flood of slow handshakes must not grow tasks without
+                // bound: past the limit, a new connection is closed at once.
+                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                    debug!(%peer, "too many TLS handshakes in progress; connection closed");
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok(tls)).await;

@@ -71,17 +71,20 @@ async fn tls_serves_grpc_and_refuses_plaintext() {
         .into_inner();
     watch.message().await.unwrap().unwrap();
 
-    let plain = PresenceServiceClient::connect(format!("http://{}", server.addr)).await;
-    match plain {
-        Err(_) => {}
-        Ok(mut plain) => {
-            let result =
-                tokio::time::timeout(Duration::from_secs(5), plain.list_room(list_room())).await;
-            assert!(
-                !matches!(result, Ok(Ok(_))),
-                "plaintext was served over a TLS port"
-            );
-        }
+    // Plaintext HTTP/2 gets a TLS alert (or a closed connection), never an
+    // HTTP/2 SETTINGS frame.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut first))
+        .await
+        .expect("the server answers or closes at once");
+    match read {
+        Ok(0) | Err(_) => {}
+        Ok(_) => assert_eq!(first[0], 0x15, "a TLS alert record, not HTTP/2"),
     }
 }
 
@@ -113,11 +116,76 @@ async fn required_client_certificates_refuse_clients_without_one() {
     .await;
     let mut service = tls_client(&server, true).await.unwrap();
     service.list_room(list_room()).await.unwrap();
-    let anonymous = tls_client(&server, false).await;
-    if let Ok(mut anonymous) = anonymous {
-        // Some stacks report the refusal on the first call, not the connect.
-        assert!(anonymous.list_room(list_room()).await.is_err());
+    // Refused in the handshake: TLS 1.3 clients learn it at their first
+    // read, so either the connect or the first call fails, for that reason.
+    let refusal = match tls_client(&server, false).await {
+        Err(err) => format!("{err:?}"),
+        Ok(mut anonymous) => {
+            // (tonic reports a transport error at the first call as UNKNOWN)
+            let err = anonymous.list_room(list_room()).await.unwrap_err();
+            format!("{err:?}")
+        }
+    };
+    assert!(refusal.contains("CertificateRequired"), "{refusal}");
+}
+
+#[tokio::test]
+async fn slow_handshakes_past_the_bound_are_closed_at_once() {
+    use tokio::io::AsyncReadExt;
+    let server = TestServer::with(|c| {
+        tls_server(c);
+        c.max_tls_handshakes = 3;
+    })
+    .await;
+    // Three connections that never send a ClientHello hold every slot.
+    let mut slow = Vec::new();
+    for _ in 0..3 {
+        slow.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
     }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The next one is closed at once, not left waiting.
+    let mut extra = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(3), extra.read(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // Once the slow ones give up, clients are served again.
+    drop(slow);
+    assert_eventually!(
+        match tls_client(&server, false).await {
+            Ok(mut client) => client.list_room(list_room()).await.is_ok(),
+            Err(_) => false,
+        },
+        Duration::from_secs(5),
+        "served once the slots are free"
+    );
+}
+
+#[tokio::test]
+async fn a_key_that_does_not_match_its_certificate_keeps_the_old_pair() {
+    let dir = std::env::temp_dir().join(format!("presenced-tls-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(fixture("server.pem"), &cert).unwrap();
+    std::fs::copy(fixture("server.key"), &key).unwrap();
+    let server = TestServer::with(|c| {
+        c.tls_cert = Some(cert.to_string_lossy().into());
+        c.tls_key = Some(key.to_string_lossy().into());
+        c.tls_reload_interval = Duration::from_millis(50);
+    })
+    .await;
+    let first = CertificateDer::from_pem_file(fixture("server.pem")).unwrap();
+    // A new certificate with the old key: not a pair.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    std::fs::copy(fixture("server2.pem"), dir.join("cert.new")).unwrap();
+    std::fs::rename(dir.join("cert.new"), &cert).unwrap();
+    // Several reload checks later, the old pair is still what is served.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(served_cert(server.addr).await, first);
+    let mut client = tls_client(&server, false).await.unwrap();
+    join(&mut client, "r", "u", "s").await;
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// The leaf certificate a fresh TLS connection is served.

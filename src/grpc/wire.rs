@@ -112,7 +112,10 @@ impl Message for WatchRoomResponse {
 }
 
 /// The codec of `presence.v1` (client and server): prost, with a small
-/// initial encode buffer per stream.
+/// initial encode buffer per stream, and a message that does not decode
+/// (garbage, a `Struct` nested too deep) refused as INVALID_ARGUMENT: it is
+/// the sender's error, not the receiver's failure (prost's decoder says
+/// INTERNAL).
 #[derive(Debug)]
 pub struct Codec<T, U>(PhantomData<(T, U)>);
 
@@ -130,7 +133,7 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = ProstEncoder<T>;
-    type Decoder = ProstDecoder<U>;
+    type Decoder = Decoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstEncoder::new(BufferSettings::new(
@@ -140,7 +143,29 @@ where
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::new(BufferSettings::default())
+        Decoder(ProstDecoder::new(BufferSettings::default()))
+    }
+}
+
+/// prost's decoder, with decode failures as INVALID_ARGUMENT.
+#[derive(Debug)]
+pub struct Decoder<U>(ProstDecoder<U>);
+
+impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
+    type Item = U;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, buf: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<U>, Self::Error> {
+        self.0.decode(buf).map_err(|status| {
+            tonic::Status::invalid_argument(format!(
+                "the message does not decode: {}",
+                status.message()
+            ))
+        })
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        self.0.buffer_settings()
     }
 }
 

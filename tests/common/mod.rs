@@ -82,6 +82,7 @@ macro_rules! every_store {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub store: AnyStore,
+    pub metrics: presenced::metrics::Metrics,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), presenced::server::Error>>>,
 }
@@ -102,6 +103,7 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let app = App::new(config).await.unwrap();
         let store = app.store().clone();
+        let metrics = app.metrics().clone();
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(app.serve(listener, async {
             let _ = stopped.await;
@@ -109,6 +111,7 @@ impl TestServer {
         Self {
             addr,
             store,
+            metrics,
             stop: Some(stop),
             task: Some(task),
         }
@@ -133,6 +136,15 @@ impl TestServer {
                 (stats.sessions, stats.rooms)
             }
         }
+    }
+
+    /// One sample of `/metrics` (`name{labels}` as written), 0 if absent.
+    pub fn metric(&self, key: &str) -> f64 {
+        self.metrics
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     pub fn url(&self) -> String {
