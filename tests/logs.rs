@@ -145,7 +145,8 @@ async fn json_logs_have_one_line_per_call_and_no_secrets() {
         .as_str()
         .unwrap()
         .starts_with("127.0.0.1:"));
-    assert!(heartbeat["fields"]["duration_ms"].as_f64().unwrap() >= 0.0);
+    let took = heartbeat["fields"]["duration_ms"].as_f64().unwrap();
+    assert!(took > 0.0 && took < 10_000.0, "{took} ms");
     find("Disconnect", "UNAUTHENTICATED");
     find("WatchRoom", "CANCELLED");
     find("/v1/disconnect", "OK");
@@ -230,29 +231,17 @@ async fn jwts_and_service_secrets_never_reach_the_logs() {
             .unwrap()
     };
     let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    // Seen once in a fresh-clone CI run and never reproduced: the child
-    // accepted a connection and was gone before the first call. Start it
-    // again once, saying so and showing its log; a second failure fails.
-    let mut attempt = 0;
-    let (mut child, mut client) = loop {
-        attempt += 1;
-        let port = free_port();
-        let mut child = spawn(port);
-        match serving(&mut child, port).await {
-            Ok(client) => break (child, client),
-            Err(why) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                assert!(
-                    attempt < 2,
-                    "presenced did not start twice: {why}\n{}",
-                    read_log()
-                );
-                eprintln!(
-                    "presenced did not start ({why}); once more. Its log:\n{}",
-                    read_log()
-                );
-            }
+    // No second chance: a child that dies at start-up is a failure, shown
+    // with its log. (An earlier version started it again once, after an
+    // unexplained start-up death seen twice in CI; if it comes back, this
+    // fails and the log says why.)
+    let port = free_port();
+    let mut child = spawn(port);
+    let mut client = match serving(&mut child, port).await {
+        Ok(client) => client,
+        Err(why) => {
+            let _ = child.kill();
+            panic!("presenced did not start: {why}\n{}", read_log());
         }
     };
     let now = std::time::SystemTime::now()
