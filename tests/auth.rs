@@ -527,7 +527,10 @@ async fn a_user_over_the_rate_is_refused_and_others_are_not_slowed() {
     }
     let (i, err) = refused.expect("alice trips her rate limit");
     // The burst (6) passes; the next is refused (7 if a token refilled).
-    assert!((6..=7).contains(&i), "tripped after {i} calls; the burst is 6");
+    assert!(
+        (6..=7).contains(&i),
+        "tripped after {i} calls; the burst is 6"
+    );
     assert_eq!(err.code(), Code::ResourceExhausted);
     assert!(err
         .message()
@@ -539,5 +542,108 @@ async fn a_user_over_the_rate_is_refused_and_others_are_not_slowed() {
         heartbeat_as(&mut client, SERVICE_SECRET, "carol")
             .await
             .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn services_over_their_rate_are_refused_and_other_services_are_not() {
+    use sha2::Digest;
+    let other_secret = "svc_test_secret_for_the_other_one";
+    let hex: String = sha2::Sha256::digest(other_secret)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let server = TestServer::with(|c| {
+        secured(c);
+        c.service_keys.push(format!("other={hex}").parse().unwrap());
+        c.rate_per_service = 2;
+    })
+    .await;
+    let mut client = server.client().await;
+    let list_as = |secret: &str| authed(list_room("r"), secret);
+    let mut refused = None;
+    for i in 0..20 {
+        if let Err(e) = client.list_room(list_as(SERVICE_SECRET)).await {
+            refused = Some((i, e));
+            break;
+        }
+    }
+    let (i, err) = refused.expect("the backend trips its rate");
+    // The burst (4) passes; the next is refused (5 if a token refilled).
+    assert!(
+        (4..=5).contains(&i),
+        "tripped after {i} calls; the burst is 4"
+    );
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message()
+            .contains("requests per second per service limit reached: at most 2"),
+        "{}",
+        err.message()
+    );
+    // The other service, on the same connection and address, is served.
+    client.list_room(list_as(other_secret)).await.unwrap();
+}
+
+#[tokio::test]
+async fn authenticated_watchers_are_counted_per_user_not_per_address() {
+    let server = TestServer::with(|c| {
+        secured(c);
+        c.max_watches_per_principal = 2;
+    })
+    .await;
+    let mut client = server.client().await;
+    let alice = sign(Algorithm::RS256, Some("rsa-1"), &claims("alice"));
+    let bob = sign(Algorithm::RS256, Some("rsa-1"), &claims("bob"));
+    let token = heartbeat_as(&mut client, &alice, "alice")
+        .await
+        .unwrap()
+        .room_token;
+    let watch_as = |bearer: &str| {
+        authed(
+            pb::WatchRoomRequest {
+                room_token: token.clone(),
+                limit: 0,
+            },
+            bearer,
+        )
+    };
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        open.push(
+            client
+                .watch_room(watch_as(&alice))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    let err = client.watch_room(watch_as(&alice)).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    // Bob, from the same address, has his own two.
+    for _ in 0..2 {
+        open.push(
+            client
+                .watch_room(watch_as(&bob))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
+    }
+    // Without a credential the address is the caller: a separate count.
+    let anonymous = client
+        .watch_room(pb::WatchRoomRequest {
+            room_token: token.clone(),
+            limit: 0,
+        })
+        .await;
+    assert!(anonymous.is_ok());
+}
+
+fn list_room(room: &str) -> pb::ListRoomRequest {
+    pb::ListRoomRequest {
+        room_id: room.into(),
+        online_only: false,
+        limit: 0,
     }
 }

@@ -218,6 +218,59 @@ fn every_invalid_value_is_refused_naming_its_key() {
             file: None,
             says: &["config file", "/nonexistent/presenced.toml"],
         },
+        // What a start would refuse, --check-config refuses too.
+        Case {
+            args: &["--listen", "0.0.0.0:50051"],
+            env: &[],
+            file: None,
+            says: &["non-loopback", "--allow-unauthenticated-public"],
+        },
+        Case {
+            args: &["--data-dir", "/proc/presenced-cannot-be-here"],
+            env: &[],
+            file: None,
+            says: &["--data-dir", "/proc/presenced-cannot-be-here"],
+        },
+        Case {
+            args: &[
+                "--tls-cert",
+                "/nonexistent/cert.pem",
+                "--tls-key",
+                "/nonexistent/key.pem",
+            ],
+            env: &[],
+            file: None,
+            says: &["--tls-cert", "/nonexistent/cert.pem"],
+        },
+        Case {
+            args: &["--store", "mongodb://db:27017"],
+            env: &[],
+            file: None,
+            says: &["--store", "mongodb"],
+        },
+        Case {
+            args: &[],
+            env: &[("PRESENCE_STORE", "redis://h:1,h:2")],
+            file: None,
+            says: &["--store", "redis+cluster://"],
+        },
+        Case {
+            args: &["--store", "redis://127.0.0.1:6379", "--data-dir", "/tmp"],
+            env: &[],
+            file: None,
+            says: &["--data-dir", "Redis"],
+        },
+        Case {
+            args: &[
+                "--store",
+                "redis://127.0.0.1:6379",
+                "--store-key-prefix",
+                "a{b}",
+            ],
+            env: &[],
+            file: None,
+            says: &["--store-key-prefix"],
+        },
     ];
     for case in cases {
         let config = case.file.map(file);
@@ -228,9 +281,10 @@ fn every_invalid_value_is_refused_naming_its_key() {
         args.extend(case.args);
         let out = presenced(&args, case.env);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "{args:?} {:?} was accepted",
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} {:?}: exit 2 for an invalid configuration; {stderr}",
             case.env
         );
         for needle in case.says {
@@ -241,6 +295,37 @@ fn every_invalid_value_is_refused_naming_its_key() {
             );
         }
     }
+}
+
+#[test]
+fn a_start_with_an_invalid_configuration_exits_2_as_check_config_does() {
+    // Not --check-config: the same validation stops a real start.
+    for args in [
+        &["--listen", "0.0.0.0:0"][..],
+        &["--data-dir", "/proc/presenced-cannot-be-here"][..],
+        &["--store", "redis://127.0.0.1:6379", "--data-dir", "/tmp"][..],
+    ] {
+        let out = presenced(args, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A valid Redis configuration is checked without connecting to Redis
+    // (nothing listens on port 1).
+    let out = presenced(&["--check-config", "--store", "redis://127.0.0.1:1/3"], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("store = \"<redacted>\""),
+        "a store URL may hold a password: {stdout}"
+    );
 }
 
 #[test]

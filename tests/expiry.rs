@@ -57,4 +57,68 @@ async fn a_silent_session_goes_offline_between_2_5_and_3_5_intervals() {
     }
 }
 
-every_store!(a_silent_session_goes_offline_between_2_5_and_3_5_intervals,);
+async fn offline_users_are_forgotten_after_the_retention() {
+    let server = TestServer::with(|c| c.retention = Duration::from_secs(1)).await;
+    let mut client = server.client().await;
+    let gone = join(&mut client, "r", "gone", "g1").await;
+    join(&mut client, "r", "stays", "s1").await;
+    client
+        .disconnect(pb::DisconnectRequest {
+            session_token: gone.session_token,
+        })
+        .await
+        .unwrap();
+    let list = || pb::ListRoomRequest {
+        room_id: "r".into(),
+        online_only: false,
+        limit: 0,
+    };
+    let listed = client
+        .list_room(list())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(users(&listed), pairs(&[("stays", true), ("gone", false)]));
+    // Listed offline for the retention, then forgotten (by the sweeper,
+    // within its pace), everywhere it was listed.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let listed = client
+        .list_room(list())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert_eq!(listed.total_count, 2, "still within the retention");
+    assert_eventually!(
+        client
+            .list_room(list())
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap()
+            .total_count
+            == 1,
+        Duration::from_secs(3),
+        "the offline user is forgotten after 1 s"
+    );
+    let rooms = client
+        .list_user(pb::ListUserRequest {
+            user_id: "gone".into(),
+            online_only: false,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .rooms;
+    assert!(rooms.is_empty(), "{rooms:?}");
+}
+
+every_store!(
+    offline_users_are_forgotten_after_the_retention,
+    a_silent_session_goes_offline_between_2_5_and_3_5_intervals,
+);

@@ -169,7 +169,10 @@ async fn request_rates_per_peer() {
     }
     let (i, err) = refused.expect("the rate limit trips");
     // The burst is 10, and the heartbeat took one of it.
-    assert!((9..=10).contains(&i), "tripped after {i} calls; the burst is 10");
+    assert!(
+        (9..=10).contains(&i),
+        "tripped after {i} calls; the burst is 10"
+    );
     exhausted(
         err,
         "requests per second per peer address limit reached: at most 5",

@@ -207,7 +207,10 @@ async fn counters_and_gauges_follow_a_scripted_workload() {
         .as_secs_f64()
         - lived;
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
-    assert!(cpu > 0.0 && cpu <= (wall + 1.0) * cores, "cpu {cpu} s in {wall} s");
+    assert!(
+        cpu > 0.0 && cpu <= (wall + 1.0) * cores,
+        "cpu {cpu} s in {wall} s"
+    );
     // 14 joins (alice, bob×2, u0..u9, carol) + 1 invalid.
     assert_eq!(
         get(&m, &rpc("rpc_handled_total", "Heartbeat", Some("OK"))),

@@ -312,3 +312,92 @@ async fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn restored_offline_users_are_forgotten_at_the_end_of_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let configure = |c: &mut presenced::Config| {
+        c.data_dir = Some(dir.path().to_owned());
+        c.token_keys = vec![KEY.into()];
+        c.retention = Duration::from_secs(3);
+    };
+    let first = TestServer::with(configure).await;
+    let mut client = first.client().await;
+    let left = join(&mut client, "r", "left", "l1").await;
+    join(&mut client, "r", "here", "h1").await;
+    client
+        .disconnect(pb::DisconnectRequest {
+            session_token: left.session_token,
+        })
+        .await
+        .unwrap();
+    let gone_at = Instant::now() + Duration::from_secs(3);
+    drop(client);
+    first.stop().await.unwrap();
+
+    let second = TestServer::with(configure).await;
+    let mut client = second.client().await;
+    let list = || pb::ListRoomRequest {
+        room_id: "r".into(),
+        online_only: false,
+        limit: 0,
+    };
+    let restored = client
+        .list_room(list())
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    assert!(
+        Instant::now() < gone_at,
+        "the restart took too long for this test"
+    );
+    assert_eq!(users(&restored), pairs(&[("here", true), ("left", false)]));
+    // Its retention counts from when it left, before the restart.
+    assert_eventually!(
+        client
+            .list_room(list())
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap()
+            .total_count
+            == 1,
+        Duration::from_secs(5),
+        "the restored offline user is forgotten"
+    );
+    assert!(
+        Instant::now() >= gone_at - Duration::from_millis(300),
+        "not before its retention ended"
+    );
+}
+
+#[tokio::test]
+async fn a_second_process_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = TestServer::with(|c| c.data_dir = Some(dir.path().to_owned())).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--data-dir", dir.path().to_str().unwrap()])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("in use by another presenced process"),
+        "{stderr}"
+    );
+    // The first one goes on, and its state file is intact.
+    first
+        .client()
+        .await
+        .heartbeat(heartbeat("r", "u", "s", 10))
+        .await
+        .unwrap();
+    first.stop().await.unwrap();
+    let state = std::fs::read_to_string(dir.path().join(STATE_FILE)).unwrap();
+    assert!(state.contains("\"id\":\"u\""));
+}

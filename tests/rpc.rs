@@ -325,7 +325,81 @@ async fn a_shared_token_key_makes_tokens_valid_everywhere_and_after_restart() {
         .unwrap();
 }
 
+async fn listings_have_a_default_size_and_a_cap() {
+    let server = TestServer::with(|c| {
+        c.default_list_limit = 3;
+        c.max_list_limit = 5;
+    })
+    .await;
+    let mut client = server.client().await;
+    let mut token = String::new();
+    for i in 0..8 {
+        token = join(&mut client, "big", &format!("u{i}"), &format!("s{i}"))
+            .await
+            .room_token;
+    }
+    for (asked, listed) in [(0, 3), (2, 2), (100, 5)] {
+        let snap = client
+            .list(pb::ListRequest {
+                room_token: token.clone(),
+                limit: asked,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert_eq!(snap.users.len(), listed, "asked for {asked}");
+        assert_eq!(
+            (snap.online_count, snap.total_count),
+            (8, 8),
+            "counts cover everyone"
+        );
+        let by_id = client
+            .list_room(pb::ListRoomRequest {
+                room_id: "big".into(),
+                online_only: true,
+                limit: asked,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .snapshot
+            .unwrap();
+        assert_eq!(by_id.users.len(), listed, "ListRoom, asked for {asked}");
+    }
+    for i in 0..7 {
+        join(&mut client, &format!("room-{i}"), "many", &format!("m{i}")).await;
+    }
+    let rooms = |limit| pb::ListUserRequest {
+        user_id: "many".into(),
+        online_only: false,
+        limit,
+    };
+    assert_eq!(
+        client
+            .list_user(rooms(0))
+            .await
+            .unwrap()
+            .into_inner()
+            .rooms
+            .len(),
+        3
+    );
+    assert_eq!(
+        client
+            .list_user(rooms(50))
+            .await
+            .unwrap()
+            .into_inner()
+            .rooms
+            .len(),
+        5
+    );
+}
+
 every_store!(
+    listings_have_a_default_size_and_a_cap,
     heartbeat_list_disconnect_round_trip,
     list_user_update_list_room_remove,
     session_reuse_is_a_failed_precondition,

@@ -145,4 +145,34 @@ fn the_binary_refuses_a_public_address_without_auth() {
     );
 }
 
+#[tokio::test]
+async fn connections_that_do_not_finish_are_closed_when_the_grace_ends() {
+    use tokio::io::AsyncWriteExt;
+    let server = TestServer::with(|c| c.shutdown_grace = Duration::from_secs(1)).await;
+    // An HTTP/1.1 request that never finishes its headers, and a watch
+    // stream nobody reads: shutdown cannot wait for them forever.
+    let mut stuck = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stuck
+        .write_all(b"POST /v1/disconnect HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut client = server.client().await;
+    let tokens = join(&mut client, "r", "u", "s").await;
+    let _unread = client
+        .watch_room(pb::WatchRoomRequest {
+            room_token: tokens.room_token,
+            limit: 0,
+        })
+        .await
+        .unwrap();
+    let started = Instant::now();
+    server.stop().await.unwrap();
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "waited for the grace: {took:?}"
+    );
+    assert!(took < Duration::from_secs(3), "and no longer: {took:?}");
+}
+
 every_store!(thousands_of_streams_end_with_unavailable_and_the_server_stops_in_time,);

@@ -190,6 +190,43 @@ async fn cors_origins_can_be_restricted() {
     );
     let other = http1(server.addr, preflight("https://evil.example")).await;
     assert!(!other.headers().contains_key("access-control-allow-origin"));
+
+    // Real responses too: a grpc-web call and the beacon, from each origin.
+    let mut client = server.client().await;
+    let tokens = join(&mut client, "r", "u", "s").await;
+    for (origin, allowed) in [
+        ("https://app.example", true),
+        ("https://evil.example", false),
+    ] {
+        let mut call = grpc_web_request(
+            "/presence.v1.PresenceService/List",
+            &pb::ListRequest {
+                room_token: tokens.room_token.clone(),
+                limit: 0,
+            },
+        );
+        call.headers_mut().insert("origin", origin.parse().unwrap());
+        let resp = http1(server.addr, call).await;
+        assert_eq!(resp.status(), 200);
+        let acao = resp.headers().get("access-control-allow-origin");
+        assert_eq!(
+            acao.map(|v| v.to_str().unwrap()),
+            allowed.then_some(origin),
+            "grpc-web from {origin}"
+        );
+        let mut beacon = beacon("not-a-token");
+        beacon
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        let resp = http1(server.addr, beacon).await;
+        assert_eq!(resp.status(), 400);
+        let acao = resp.headers().get("access-control-allow-origin");
+        assert_eq!(
+            acao.map(|v| v.to_str().unwrap()),
+            allowed.then_some(origin),
+            "beacon from {origin}"
+        );
+    }
 }
 
 fn beacon(body: impl Into<Bytes>) -> Request<Full<Bytes>> {

@@ -64,6 +64,24 @@ impl<S: Store> PresenceApi<S> {
         Ok(principal)
     }
 
+    /// The caller of `request` if it presents a valid credential (with
+    /// authentication on), without counting it against any rate.
+    async fn identified<T>(&self, request: &Request<T>) -> Option<Principal> {
+        let authorization = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        let certs = request.peer_certs();
+        let cert = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
+        if authorization.is_none() && cert.is_none() {
+            return None;
+        }
+        match self.auth.authenticate(authorization, cert).await {
+            Ok(Principal::Open) | Err(_) => None,
+            Ok(principal) => Some(principal),
+        }
+    }
+
     /// Admits a call authorized by a capability token alone (per-peer rate).
     fn capability_call<T>(&self, request: &Request<T>) -> Result<(), Status> {
         self.limits.check_rate(None, request.remote_addr())?;
@@ -164,10 +182,14 @@ impl<S: Store> PresenceService for PresenceApi<S> {
     ) -> Result<Response<Self::WatchRoomStream>, Status> {
         self.capability_call(&request)?;
         let peer = request.remote_addr();
+        // The room token is all a watch needs; a caller that also presents
+        // a valid credential is counted as itself, anyone else by address.
+        let owner = match self.identified(&request).await {
+            Some(principal) => principal.key(),
+            None => peer.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{}", p.ip())),
+        };
         let req = request.into_inner();
         let room_id = self.room_of(&req.room_token)?;
-        // A room-token holder has no identity: its peer address stands in.
-        let owner = peer.map_or_else(|| "peer:unknown".to_owned(), |p| format!("peer:{}", p.ip()));
         let permit = self.limits.open_watch(peer, owner)?;
         let limit = self.store.limits().list_limit(req.limit);
         if self.shutdown.is_cancelled() {

@@ -513,14 +513,26 @@ mod tests {
         let stats = after.stats();
         assert_eq!((stats.rooms, stats.sessions), (2, restored.sessions));
         assert!(stats.sessions <= 3);
-        // Wherever room "a" was restored, u1 kept one of its two sessions.
-        let a = after.list_room("a", false, 0).unwrap();
-        if a.total_count > 0 {
-            assert_eq!((a.online_count, a.total_count), (2, 2));
-            assert!(restored.sessions_dropped >= 1);
-        }
         // At the limit now: a new room is refused as it would be live.
         assert!(after.heartbeat("d", "u5", "s6", sec).is_err());
+
+        // With room for every room, the other bounds: u1 keeps one of its
+        // two sessions in "a", and at most three sessions come back.
+        let roomy = Memory::new(
+            Limits {
+                max_sessions: 3,
+                max_sessions_per_user_room: 1,
+                ..Limits::default()
+            },
+            Arc::new(clock.clone()),
+        );
+        let restored = roomy.import(before.export());
+        assert_eq!((restored.rooms, restored.rooms_dropped), (3, 0));
+        assert_eq!((restored.sessions, restored.sessions_dropped), (3, 2));
+        let a = roomy.list_room("a", false, 0).unwrap();
+        assert_eq!(a.total_count, 2, "both users of a are listed");
+        assert!(a.online_count >= 1);
+        assert_eq!(roomy.stats().sessions, 3);
     }
 
     #[test]
