@@ -56,44 +56,15 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "presenced", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Config {
-    // ---- Configuration source -------------------------------------------
     /// TOML file with settings (keys as in --help, '_' for '-'); flags and
     /// environment variables override it.
     #[arg(long, env = "PRESENCE_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     /// Print the effective configuration, each value with where it came
-    /// from, and exit (0 if it is valid).
+    /// from, and exit (0 if it is valid, 2 if a start would refuse it).
     #[arg(long)]
     pub check_config: bool,
-
-    /// Where presence state lives: `memory` (this process only), or Redis
-    /// shared by every instance: `redis://[user:pass@]host:port[/db]`,
-    /// `rediss://…` (TLS), `redis+cluster://host:port,host:port` (a Cluster,
-    /// given any of its nodes), `rediss+cluster://…`.
-    #[arg(
-        long,
-        env = "PRESENCE_STORE",
-        default_value = "memory",
-        value_name = "URL",
-        hide_env_values = true,
-        help_heading = "Store"
-    )]
-    pub store: String,
-
-    /// Prefix of every Redis key, so several deployments can share one
-    /// Redis.
-    #[arg(long, env = "PRESENCE_STORE_KEY_PREFIX", default_value = crate::presence::redis::DEFAULT_KEY_PREFIX, help_heading = "Store")]
-    pub store_key_prefix: String,
-
-    /// Bound on one call to Redis: past it the RPC fails with UNAVAILABLE.
-    #[arg(long, env = "PRESENCE_STORE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration, help_heading = "Store")]
-    pub store_timeout: Duration,
-
-    /// How often every watched room's version is checked against Redis, so
-    /// a lost notification delays a watcher at most this much.
-    #[arg(long, env = "PRESENCE_STORE_RESYNC_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration, help_heading = "Store")]
-    pub store_resync_interval: Duration,
 
     /// Address for gRPC, grpc-web, health, reflection and the beacon route.
     #[arg(long, env = "PRESENCE_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -104,152 +75,6 @@ pub struct Config {
     #[arg(long, env = "PRESENCE_ALLOW_UNAUTHENTICATED_PUBLIC")]
     pub allow_unauthenticated_public: bool,
 
-    /// Secrets (each at least 32 bytes) for room and session tokens,
-    /// comma-separated or repeated: the first signs, all verify, so a key can
-    /// be rotated by putting the new one first and removing the old one
-    /// later. Set it to keep tokens valid across restarts and on every
-    /// instance sharing it; unset, a random key is made at start.
-    #[arg(
-        long = "token-key",
-        env = "PRESENCE_TOKEN_KEY",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    pub token_keys: Vec<Secret>,
-
-    /// Lifetime of room tokens (heartbeats hand out fresh ones); `0s` = never
-    /// expire.
-    #[arg(long, env = "PRESENCE_ROOM_TOKEN_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub room_token_ttl: Duration,
-
-    /// File holding the HS256 secret that signs end-user JWTs.
-    #[arg(
-        long,
-        env = "PRESENCE_JWT_HS256_SECRET_FILE",
-        help_heading = "Authentication"
-    )]
-    pub jwt_hs256_secret_file: Option<String>,
-
-    /// PEM public key files (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA)
-    /// verifying end-user JWTs, each `PATH` or `KID=PATH`; comma-separated or
-    /// repeated.
-    #[arg(
-        long,
-        env = "PRESENCE_JWT_PUBLIC_KEY_FILES",
-        value_delimiter = ',',
-        help_heading = "Authentication"
-    )]
-    pub jwt_public_key_file: Vec<String>,
-
-    /// JWKS document (file) with keys verifying end-user JWTs.
-    #[arg(long, env = "PRESENCE_JWKS_FILE", help_heading = "Authentication")]
-    pub jwks_file: Option<String>,
-
-    /// JWKS URL with keys verifying end-user JWTs; fetched at start, every
-    /// --jwks-refresh, and when a token names an unknown key id.
-    #[arg(long, env = "PRESENCE_JWKS_URL", help_heading = "Authentication")]
-    pub jwks_url: Option<String>,
-
-    /// How often the JWKS URL is fetched again.
-    #[arg(long, env = "PRESENCE_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration, help_heading = "Authentication")]
-    pub jwks_refresh: Duration,
-
-    /// Required `iss` of end-user JWTs.
-    #[arg(
-        long,
-        env = "PRESENCE_JWT_ISSUER",
-        default_value = "",
-        help_heading = "Authentication"
-    )]
-    pub jwt_issuer: String,
-
-    /// Required `aud` of end-user JWTs.
-    #[arg(
-        long,
-        env = "PRESENCE_JWT_AUDIENCE",
-        default_value = "",
-        help_heading = "Authentication"
-    )]
-    pub jwt_audience: String,
-
-    /// Clock skew allowed on a JWT's `exp` and `nbf`.
-    #[arg(long, env = "PRESENCE_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration, help_heading = "Authentication")]
-    pub jwt_leeway: Duration,
-
-    /// The JWT claim holding the user id.
-    #[arg(
-        long,
-        env = "PRESENCE_JWT_USER_CLAIM",
-        default_value = "sub",
-        help_heading = "Authentication"
-    )]
-    pub jwt_user_claim: String,
-
-    /// Service keys as `NAME=SHA256HEX` (the SHA-256 of the secret the service
-    /// sends as `authorization: Bearer <secret>`); comma-separated or repeated.
-    #[arg(
-        long = "service-key",
-        env = "PRESENCE_SERVICE_KEYS",
-        value_delimiter = ',',
-        hide_env_values = true,
-        help_heading = "Authentication"
-    )]
-    pub service_keys: Vec<crate::auth::ServiceKey>,
-
-    /// TLS certificate chain (PEM). With --tls-key, the port speaks TLS only;
-    /// both files are reloaded when they change.
-    #[arg(
-        long,
-        env = "PRESENCE_TLS_CERT",
-        requires = "tls_key",
-        help_heading = "TLS"
-    )]
-    pub tls_cert: Option<String>,
-
-    /// TLS private key (PEM).
-    #[arg(
-        long,
-        env = "PRESENCE_TLS_KEY",
-        requires = "tls_cert",
-        help_heading = "TLS"
-    )]
-    pub tls_key: Option<String>,
-
-    /// CA certificates (PEM) that verify client certificates; a client with a
-    /// verified certificate is a service (mTLS).
-    #[arg(
-        long,
-        env = "PRESENCE_TLS_CLIENT_CA",
-        requires = "tls_cert",
-        help_heading = "TLS"
-    )]
-    pub tls_client_ca: Option<String>,
-
-    /// Refuse TLS clients without a verified certificate (with
-    /// --tls-client-ca); otherwise the certificate is optional.
-    #[arg(
-        long,
-        env = "PRESENCE_TLS_CLIENT_AUTH_REQUIRED",
-        requires = "tls_client_ca",
-        help_heading = "TLS"
-    )]
-    pub tls_client_auth_required: bool,
-
-    /// TLS handshakes in progress at most (each has 10 s); a connection
-    /// that arrives past it is closed at once, so a flood of slow handshakes
-    /// cannot grow the server without bound.
-    #[arg(
-        long,
-        env = "PRESENCE_MAX_TLS_HANDSHAKES",
-        default_value_t = 1024,
-        help_heading = "TLS"
-    )]
-    pub max_tls_handshakes: usize,
-
-    /// How often the TLS files are checked for changes.
-    #[arg(long, env = "PRESENCE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration, help_heading = "TLS")]
-    pub tls_reload_interval: Duration,
-
     /// Origins allowed to call from a browser (comma-separated), or `*`.
     #[arg(
         long,
@@ -259,25 +84,206 @@ pub struct Config {
     )]
     pub cors_allowed_origins: Vec<String>,
 
+    /// Where presence state lives.
+    #[command(flatten)]
+    pub store: StoreConfig,
+
+    /// Capability tokens.
+    #[command(flatten)]
+    pub tokens: TokenConfig,
+
+    /// Who may call.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// TLS and mTLS.
+    #[command(flatten)]
+    pub tls: TlsConfig,
+
+    /// What presence means here: retention, intervals, listings, snapshots.
+    #[command(flatten)]
+    pub presence: PresenceConfig,
+
+    /// Bounds on input, stored state and callers.
+    #[command(flatten)]
+    pub limits: LimitConfig,
+
+    /// HTTP/2 connections and shutdown.
+    #[command(flatten)]
+    pub connections: ConnectionConfig,
+
+    /// Logs and metrics.
+    #[command(flatten)]
+    pub observability: ObservabilityConfig,
+
+    /// The memory store's state file.
+    #[command(flatten)]
+    pub persistence: PersistenceConfig,
+
+    /// Where each value came from, filled by [`Config::load_from`].
+    #[arg(skip)]
+    pub origins: Vec<Setting>,
+}
+
+/// `--store` and the Redis store's settings.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Store")]
+pub struct StoreConfig {
+    /// Where presence state lives: `memory` (this process only), or Redis
+    /// shared by every instance: `redis://[user:pass@]host:port[/db]`,
+    /// `rediss://…` (TLS), `redis+cluster://host:port,host:port` (a Cluster,
+    /// given any of its nodes), `rediss+cluster://…`.
+    #[arg(
+        id = "store",
+        long = "store",
+        env = "PRESENCE_STORE",
+        default_value = "memory",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub url: String,
+
+    /// Prefix of every Redis key, so several deployments can share one
+    /// Redis.
+    #[arg(id = "store_key_prefix", value_name = "STORE_KEY_PREFIX", long = "store-key-prefix", env = "PRESENCE_STORE_KEY_PREFIX", default_value = presence::redis::DEFAULT_KEY_PREFIX)]
+    pub key_prefix: String,
+
+    /// Bound on one call to Redis: past it the RPC fails with UNAVAILABLE.
+    #[arg(id = "store_timeout", value_name = "STORE_TIMEOUT", long = "store-timeout", env = "PRESENCE_STORE_TIMEOUT", default_value_t = presence::redis::DEFAULT_TIMEOUT.into())]
+    pub timeout: humantime::Duration,
+
+    /// How often every watched room's version is checked against Redis, so
+    /// a lost notification delays a watcher at most this much.
+    #[arg(id = "store_resync_interval", value_name = "STORE_RESYNC_INTERVAL", long = "store-resync-interval", env = "PRESENCE_STORE_RESYNC_INTERVAL", default_value_t = presence::redis::DEFAULT_RESYNC_INTERVAL.into())]
+    pub resync_interval: humantime::Duration,
+}
+
+/// Capability tokens.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Tokens")]
+pub struct TokenConfig {
+    /// Secrets (each at least 32 bytes) for room and session tokens,
+    /// comma-separated or repeated: the first signs, all verify, so a key can
+    /// be rotated by putting the new one first and removing the old one
+    /// later. Set it to keep tokens valid across restarts and on every
+    /// instance sharing it; unset, a random key is made at start (with the
+    /// Redis store: one key made once and shared through Redis).
+    #[arg(
+        id = "token_keys",
+        value_name = "TOKEN_KEYS",
+        long = "token-key",
+        env = "PRESENCE_TOKEN_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub keys: Vec<Secret>,
+
+    /// Lifetime of room tokens (heartbeats hand out fresh ones); `0s` = never
+    /// expire.
+    #[arg(id = "room_token_ttl", value_name = "ROOM_TOKEN_TTL", long = "room-token-ttl", env = "PRESENCE_ROOM_TOKEN_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub room_ttl: Duration,
+}
+
+/// End-user JWTs and service keys.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Authentication")]
+pub struct AuthConfig {
+    /// Where end-user JWT keys come from and what JWTs must say.
+    #[command(flatten)]
+    pub jwt: crate::auth::jwt::JwtConfig,
+
+    /// Service keys as `NAME=SHA256HEX` (the SHA-256 of the secret the service
+    /// sends as `authorization: Bearer <secret>`); comma-separated or repeated.
+    #[arg(
+        id = "service_keys",
+        value_name = "SERVICE_KEYS",
+        long = "service-key",
+        env = "PRESENCE_SERVICE_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub service_keys: Vec<crate::auth::ServiceKey>,
+}
+
+/// TLS on the port, and client certificates.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "TLS")]
+pub struct TlsConfig {
+    /// TLS certificate chain (PEM). With --tls-key, the port speaks TLS only;
+    /// both files are reloaded when they change.
+    #[arg(
+        id = "tls_cert",
+        value_name = "TLS_CERT",
+        long = "tls-cert",
+        env = "PRESENCE_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub cert: Option<String>,
+
+    /// TLS private key (PEM).
+    #[arg(
+        id = "tls_key",
+        value_name = "TLS_KEY",
+        long = "tls-key",
+        env = "PRESENCE_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<String>,
+
+    /// CA certificates (PEM) that verify client certificates; a client with a
+    /// verified certificate is a service (mTLS).
+    #[arg(
+        id = "tls_client_ca",
+        value_name = "TLS_CLIENT_CA",
+        long = "tls-client-ca",
+        env = "PRESENCE_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub client_ca: Option<String>,
+
+    /// Refuse TLS clients without a verified certificate (with
+    /// --tls-client-ca); otherwise the certificate is optional.
+    #[arg(
+        id = "tls_client_auth_required",
+        value_name = "TLS_CLIENT_AUTH_REQUIRED",
+        long = "tls-client-auth-required",
+        env = "PRESENCE_TLS_CLIENT_AUTH_REQUIRED",
+        requires = "tls_client_ca"
+    )]
+    pub client_auth_required: bool,
+
+    /// TLS handshakes in progress at most (each has 10 s); a connection
+    /// that arrives past it is closed at once, so a flood of slow handshakes
+    /// cannot grow the server without bound.
+    #[arg(
+        id = "max_tls_handshakes",
+        value_name = "MAX_TLS_HANDSHAKES",
+        long = "max-tls-handshakes",
+        env = "PRESENCE_MAX_TLS_HANDSHAKES",
+        default_value_t = 1024
+    )]
+    pub max_handshakes: usize,
+
+    /// How often the TLS files are checked for changes.
+    #[arg(id = "tls_reload_interval", value_name = "TLS_RELOAD_INTERVAL", long = "tls-reload-interval", env = "PRESENCE_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub reload_interval: Duration,
+}
+
+/// What presence means on this deployment.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Presence")]
+pub struct PresenceConfig {
     /// How long an offline user stays listed.
-    #[arg(long, env = "PRESENCE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub retention: Duration,
-
-    /// Longest room, user or session id, in bytes.
-    #[arg(long, env = "PRESENCE_MAX_ID_BYTES", default_value_t = presence::DEFAULT_MAX_ID_BYTES)]
-    pub max_id_bytes: usize,
-
-    /// Largest per-user data, in bytes of compact JSON.
-    #[arg(long, env = "PRESENCE_MAX_DATA_BYTES", default_value_t = presence::DEFAULT_MAX_DATA_BYTES)]
-    pub max_data_bytes: usize,
+    #[arg(long, env = "PRESENCE_RETENTION", default_value_t = presence::DEFAULT_RETENTION.into())]
+    pub retention: humantime::Duration,
 
     /// Shortest accepted heartbeat interval.
-    #[arg(long, env = "PRESENCE_MIN_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub min_interval: Duration,
+    #[arg(long, env = "PRESENCE_MIN_INTERVAL", default_value_t = presence::DEFAULT_MIN_INTERVAL.into())]
+    pub min_interval: humantime::Duration,
 
     /// Longest accepted heartbeat interval.
-    #[arg(long, env = "PRESENCE_MAX_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub max_interval: Duration,
+    #[arg(long, env = "PRESENCE_MAX_INTERVAL", default_value_t = presence::DEFAULT_MAX_INTERVAL.into())]
+    pub max_interval: humantime::Duration,
 
     /// Users in a listing when the caller asks for 0.
     #[arg(long, env = "PRESENCE_DEFAULT_LIST_LIMIT", default_value_t = presence::DEFAULT_LIST_LIMIT)]
@@ -289,84 +295,63 @@ pub struct Config {
 
     /// The longest coalescing window of a room: at most one snapshot per
     /// window, changes within it folded into one (see --coalescing).
-    #[arg(long, env = "PRESENCE_SNAPSHOT_INTERVAL", default_value = "50ms", value_parser = humantime::parse_duration)]
-    pub snapshot_interval: Duration,
+    #[arg(long, env = "PRESENCE_SNAPSHOT_INTERVAL", default_value_t = presence::DEFAULT_SNAPSHOT_INTERVAL.into())]
+    pub snapshot_interval: humantime::Duration,
 
     /// How a room's coalescing window is chosen: `adaptive` (twice the
     /// estimated CPU of its fan-out, so a small room publishes at once; at
     /// most --snapshot-interval) or `fixed` (always --snapshot-interval).
     #[arg(long, env = "PRESENCE_COALESCING", value_enum, default_value_t = CoalescingMode::Adaptive)]
     pub coalescing: CoalescingMode,
+}
+
+/// Bounds on input, stored state and callers.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Limits")]
+pub struct LimitConfig {
+    /// Longest room, user or session id, in bytes.
+    #[arg(long, env = "PRESENCE_MAX_ID_BYTES", default_value_t = presence::DEFAULT_MAX_ID_BYTES)]
+    pub max_id_bytes: usize,
+
+    /// Largest per-user data, in bytes of compact JSON.
+    #[arg(long, env = "PRESENCE_MAX_DATA_BYTES", default_value_t = presence::DEFAULT_MAX_DATA_BYTES)]
+    pub max_data_bytes: usize,
+
+    /// Largest request message, in bytes; a bigger one is refused with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PRESENCE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
+    pub max_request_bytes: usize,
 
     /// Live sessions one user may hold in one room.
     #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER_ROOM", default_value_t = presence::DEFAULT_MAX_SESSIONS_PER_USER_ROOM)]
     pub max_sessions_per_user_room: usize,
 
     /// Live sessions of one user across all rooms.
-    #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER", default_value_t = presence::DEFAULT_MAX_SESSIONS_PER_USER, help_heading = "Limits")]
+    #[arg(long, env = "PRESENCE_MAX_SESSIONS_PER_USER", default_value_t = presence::DEFAULT_MAX_SESSIONS_PER_USER)]
     pub max_sessions_per_user: usize,
 
     /// Rooms one user may be listed in.
-    #[arg(long, env = "PRESENCE_MAX_ROOMS_PER_USER", default_value_t = presence::DEFAULT_MAX_ROOMS_PER_USER, help_heading = "Limits")]
+    #[arg(long, env = "PRESENCE_MAX_ROOMS_PER_USER", default_value_t = presence::DEFAULT_MAX_ROOMS_PER_USER)]
     pub max_rooms_per_user: usize,
 
     /// Live sessions in all.
-    #[arg(long, env = "PRESENCE_MAX_SESSIONS", default_value_t = presence::DEFAULT_MAX_SESSIONS, help_heading = "Limits")]
+    #[arg(long, env = "PRESENCE_MAX_SESSIONS", default_value_t = presence::DEFAULT_MAX_SESSIONS)]
     pub max_sessions: usize,
 
-    /// Rooms in all (with users or watchers), so made-up room ids cannot
-    /// exhaust memory.
-    #[arg(long, env = "PRESENCE_MAX_ROOMS", default_value_t = presence::DEFAULT_MAX_ROOMS, help_heading = "Limits")]
+    /// Rooms with users in all, so made-up room ids cannot exhaust memory;
+    /// also the rooms one instance may have watched.
+    #[arg(long, env = "PRESENCE_MAX_ROOMS", default_value_t = presence::DEFAULT_MAX_ROOMS)]
     pub max_rooms: usize,
 
-    /// Open watch streams per connection (0 = no limit).
-    #[arg(
-        long,
-        env = "PRESENCE_MAX_WATCHES_PER_CONNECTION",
-        default_value_t = 1000,
-        help_heading = "Limits"
-    )]
-    pub max_watches_per_connection: usize,
+    /// Request rates and watch streams per caller.
+    #[command(flatten)]
+    pub callers: crate::auth::limits::Config,
+}
 
-    /// Open watch streams per principal, or per peer IP for callers without
-    /// credentials (0 = no limit).
-    #[arg(
-        long,
-        env = "PRESENCE_MAX_WATCHES_PER_PRINCIPAL",
-        default_value_t = 0,
-        help_heading = "Limits"
-    )]
-    pub max_watches_per_principal: usize,
-
-    /// Requests per second per authenticated user, burst twice that (0 = no
-    /// limit).
-    #[arg(
-        long,
-        env = "PRESENCE_RATE_PER_USER",
-        default_value_t = 50,
-        help_heading = "Limits"
-    )]
-    pub rate_per_user: u32,
-
-    /// Requests per second per service, burst twice that (0 = no limit).
-    #[arg(
-        long,
-        env = "PRESENCE_RATE_PER_SERVICE",
-        default_value_t = 0,
-        help_heading = "Limits"
-    )]
-    pub rate_per_service: u32,
-
-    /// Requests per second per peer IP address, burst twice that (0 = no
-    /// limit; many users can share one address behind a NAT or proxy).
-    #[arg(
-        long,
-        env = "PRESENCE_RATE_PER_PEER",
-        default_value_t = 0,
-        help_heading = "Limits"
-    )]
-    pub rate_per_peer: u32,
-
+/// HTTP/2 connections and shutdown.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Connections")]
+pub struct ConnectionConfig {
     /// Concurrent HTTP/2 streams (calls, watches) per connection.
     #[arg(
         long,
@@ -374,10 +359,6 @@ pub struct Config {
         default_value_t = 1024
     )]
     pub max_streams_per_connection: u32,
-
-    /// Largest request message, in bytes.
-    #[arg(long, env = "PRESENCE_MAX_REQUEST_BYTES", default_value_t = 64 * 1024)]
-    pub max_request_bytes: usize,
 
     /// HTTP/2 keepalive ping interval; a peer that does not answer within
     /// the timeout is dropped with its streams.
@@ -402,52 +383,42 @@ pub struct Config {
     /// At shutdown, how long open connections get to finish.
     #[arg(long, env = "PRESENCE_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+}
 
-    // ---- Observability --------------------------------------------------
+/// Logs and metrics.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Observability")]
+pub struct ObservabilityConfig {
     /// Log filter, `RUST_LOG` syntax (`info`, `presenced=debug,info`;
     /// `presenced::rpc=debug` logs every call).
-    #[arg(
-        long,
-        env = "RUST_LOG",
-        default_value = "info",
-        help_heading = "Observability"
-    )]
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log_filter: String,
 
     /// Log line format, to stderr.
-    #[arg(long, env = "PRESENCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, help_heading = "Observability")]
+    #[arg(long, env = "PRESENCE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
     /// Address of the admin listener serving Prometheus metrics on
-    /// `GET /metrics` (e.g. 127.0.0.1:9464). Unset: no metrics listener.
-    #[arg(
-        long,
-        env = "PRESENCE_METRICS_LISTEN",
-        value_name = "ADDR",
-        help_heading = "Observability"
-    )]
+    /// `GET /metrics`, and `GET /healthz` and `GET /readyz` (e.g.
+    /// 127.0.0.1:9464). Unset: no admin listener.
+    #[arg(long, env = "PRESENCE_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<SocketAddr>,
+}
 
-    // ---- Persistence ----------------------------------------------------
-    /// Directory where the embedded store keeps its state across restarts
-    /// (written periodically and at shutdown, read at start). Unset: state
-    /// lives in memory only.
-    #[arg(
-        long,
-        env = "PRESENCE_DATA_DIR",
-        value_name = "DIR",
-        help_heading = "Persistence"
-    )]
+/// The memory store's state file.
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Persistence")]
+pub struct PersistenceConfig {
+    /// Directory where the memory store keeps its state across restarts
+    /// (written periodically and at shutdown, read at start; one process
+    /// per directory). Unset: state lives in memory only.
+    #[arg(long, env = "PRESENCE_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
     /// How often the state is written to --data-dir (a kill -9 loses at
     /// most this much).
-    #[arg(long, env = "PRESENCE_PERSIST_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration, help_heading = "Persistence")]
+    #[arg(long, env = "PRESENCE_PERSIST_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub persist_interval: Duration,
-
-    /// Where each value came from, filled by [`Config::load_from`].
-    #[arg(skip)]
-    pub origins: Vec<Setting>,
 }
 
 /// A configured secret: usable as bytes, never shown by `Debug`, so a
@@ -596,7 +567,13 @@ impl Config {
                 let id = arg.get_id().as_str();
                 let secret = arg.is_hide_env_values_set();
                 let value = matches.get_raw(id).map(|values| {
-                    if secret {
+                    if id == "store" {
+                        // Shown, but never its password.
+                        values
+                            .map(|v| crate::presence::redis::redact_url(&v.to_string_lossy()))
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    } else if secret {
                         "<redacted>".to_owned()
                     } else {
                         values
@@ -642,66 +619,43 @@ impl Config {
 
     /// The Redis store `--store` names, if it names one.
     pub fn redis_target(&self) -> Result<Option<crate::presence::redis::Target>, String> {
-        if self.store == "memory" {
+        if self.store.url == "memory" {
             return Ok(None);
         }
-        crate::presence::redis::Target::parse(&self.store)
+        crate::presence::redis::Target::parse(&self.store.url)
             .map(Some)
             .map_err(|e| format!("--store: {e}"))
     }
 
     /// The engine's limits.
     pub fn limits(&self) -> Limits {
+        let (p, l) = (&self.presence, &self.limits);
         Limits {
-            max_id_bytes: self.max_id_bytes,
-            max_data_bytes: self.max_data_bytes,
-            min_interval: self.min_interval,
-            max_interval: self.max_interval,
-            default_list_limit: self.default_list_limit,
-            max_list_limit: self.max_list_limit,
-            retention: self.retention,
-            snapshot_interval: self.snapshot_interval,
-            coalescing: match self.coalescing {
+            max_id_bytes: l.max_id_bytes,
+            max_data_bytes: l.max_data_bytes,
+            min_interval: p.min_interval.into(),
+            max_interval: p.max_interval.into(),
+            default_list_limit: p.default_list_limit,
+            max_list_limit: p.max_list_limit,
+            retention: p.retention.into(),
+            snapshot_interval: p.snapshot_interval.into(),
+            coalescing: match p.coalescing {
                 CoalescingMode::Adaptive => presence::Coalescing::Adaptive,
                 CoalescingMode::Fixed => presence::Coalescing::Fixed,
             },
-            max_sessions_per_user_room: self.max_sessions_per_user_room,
-            max_sessions_per_user: self.max_sessions_per_user,
-            max_rooms_per_user: self.max_rooms_per_user,
-            max_sessions: self.max_sessions,
-            max_rooms: self.max_rooms,
-        }
-    }
-
-    /// Where end-user JWT keys come from and what JWTs must say.
-    pub fn jwt_config(&self) -> crate::auth::jwt::JwtConfig {
-        crate::auth::jwt::JwtConfig {
-            hs256_secret_file: self.jwt_hs256_secret_file.clone(),
-            public_key_files: self.jwt_public_key_file.clone(),
-            jwks_file: self.jwks_file.clone(),
-            jwks_url: self.jwks_url.clone(),
-            jwks_refresh: self.jwks_refresh,
-            issuer: self.jwt_issuer.clone(),
-            audience: self.jwt_audience.clone(),
-            leeway: self.jwt_leeway,
-            user_claim: self.jwt_user_claim.clone(),
+            max_sessions_per_user_room: l.max_sessions_per_user_room,
+            max_sessions_per_user: l.max_sessions_per_user,
+            max_rooms_per_user: l.max_rooms_per_user,
+            max_sessions: l.max_sessions,
+            max_rooms: l.max_rooms,
         }
     }
 
     /// True when callers must authenticate.
     pub fn auth_enabled(&self) -> bool {
-        self.jwt_config().enabled() || !self.service_keys.is_empty() || self.tls_client_ca.is_some()
-    }
-
-    /// The per-caller abuse limits.
-    pub fn caller_limits(&self) -> crate::auth::limits::Config {
-        crate::auth::limits::Config {
-            rate_per_user: self.rate_per_user,
-            rate_per_service: self.rate_per_service,
-            rate_per_peer: self.rate_per_peer,
-            watches_per_connection: self.max_watches_per_connection,
-            watches_per_principal: self.max_watches_per_principal,
-        }
+        self.auth.jwt.enabled()
+            || !self.auth.service_keys.is_empty()
+            || self.tls.client_ca.is_some()
     }
 
     /// Refuses to serve on `addr` without authentication unless it is a
@@ -733,15 +687,15 @@ impl Config {
         let readable = [
             (
                 "--jwt-hs256-secret-file",
-                self.jwt_hs256_secret_file.as_deref(),
+                self.auth.jwt.hs256_secret_file.as_deref(),
             ),
-            ("--jwks-file", self.jwks_file.as_deref()),
-            ("--tls-cert", self.tls_cert.as_deref()),
-            ("--tls-key", self.tls_key.as_deref()),
-            ("--tls-client-ca", self.tls_client_ca.as_deref()),
+            ("--jwks-file", self.auth.jwt.jwks_file.as_deref()),
+            ("--tls-cert", self.tls.cert.as_deref()),
+            ("--tls-key", self.tls.key.as_deref()),
+            ("--tls-client-ca", self.tls.client_ca.as_deref()),
         ]
         .into_iter()
-        .chain(self.jwt_public_key_file.iter().map(|f| {
+        .chain(self.auth.jwt.public_key_files.iter().map(|f| {
             (
                 "--jwt-public-key-file",
                 Some(f.rsplit_once('=').map_or(f.as_str(), |(_, p)| p)),
@@ -752,7 +706,7 @@ impl Config {
                 std::fs::File::open(path).map_err(|e| format!("{flag} {path}: {e}"))?;
             }
         }
-        if let Some(dir) = &self.data_dir {
+        if let Some(dir) = &self.persistence.data_dir {
             check_dir_writable(dir).map_err(|e| format!("--data-dir {}: {e}", dir.display()))?;
         }
         Ok(())
@@ -760,26 +714,29 @@ impl Config {
 
     /// Checks values that parse but make no sense together.
     fn validate_values(&self) -> Result<(), String> {
-        if self.min_interval.is_zero() || self.min_interval > self.max_interval {
+        if self.presence.min_interval.is_zero()
+            || self.presence.min_interval > self.presence.max_interval
+        {
             return Err(format!(
                 "--min-interval ({}) must be positive and at most --max-interval ({})",
-                humantime::format_duration(self.min_interval),
-                humantime::format_duration(self.max_interval)
+                self.presence.min_interval, self.presence.max_interval
             ));
         }
-        if self.default_list_limit == 0 || self.default_list_limit > self.max_list_limit {
+        if self.presence.default_list_limit == 0
+            || self.presence.default_list_limit > self.presence.max_list_limit
+        {
             return Err(format!(
                 "--default-list-limit ({}) must be from 1 to --max-list-limit ({})",
-                self.default_list_limit, self.max_list_limit
+                self.presence.default_list_limit, self.presence.max_list_limit
             ));
         }
-        if self.max_id_bytes == 0 || self.max_id_bytes > 4096 {
+        if self.limits.max_id_bytes == 0 || self.limits.max_id_bytes > 4096 {
             return Err(format!(
                 "--max-id-bytes ({}) must be from 1 to 4096",
-                self.max_id_bytes
+                self.limits.max_id_bytes
             ));
         }
-        for (i, key) in self.token_keys.iter().enumerate() {
+        for (i, key) in self.tokens.keys.iter().enumerate() {
             if key.len() < crate::token::MIN_KEY_BYTES {
                 return Err(format!(
                     "--token-key #{} is {} bytes, it must be at least {}",
@@ -789,8 +746,8 @@ impl Config {
                 ));
             }
         }
-        if self.jwt_config().enabled()
-            && (self.jwt_issuer.is_empty() || self.jwt_audience.is_empty())
+        if self.auth.jwt.enabled()
+            && (self.auth.jwt.issuer.is_empty() || self.auth.jwt.audience.is_empty())
         {
             return Err(
                 "JWT keys are configured: --jwt-issuer and --jwt-audience are required".into(),
@@ -800,53 +757,60 @@ impl Config {
             return Err("--cors-allowed-origins must list at least one origin, or *".into());
         }
         let positive = [
-            ("--keepalive-interval", self.keepalive_interval),
-            ("--keepalive-timeout", self.keepalive_timeout),
-            ("--persist-interval", self.persist_interval),
+            ("--keepalive-interval", self.connections.keepalive_interval),
+            ("--keepalive-timeout", self.connections.keepalive_timeout),
+            ("--persist-interval", self.persistence.persist_interval),
         ];
         for (flag, value) in positive {
             if value.is_zero() {
                 return Err(format!("{flag} must be positive"));
             }
         }
-        if self.max_connection_age.is_some_and(|age| age.is_zero()) {
+        if self
+            .connections
+            .max_connection_age
+            .is_some_and(|age| age.is_zero())
+        {
             return Err(
                 "--max-connection-age must be positive (leave it unset for no limit)".into(),
             );
         }
-        if self.max_streams_per_connection == 0 {
+        if self.connections.max_streams_per_connection == 0 {
             return Err("--max-streams-per-connection must be at least 1".into());
         }
-        if self.max_request_bytes < 1024 {
+        if self.limits.max_request_bytes < 1024 {
             return Err(format!(
                 "--max-request-bytes ({}) must be at least 1024",
-                self.max_request_bytes
+                self.limits.max_request_bytes
             ));
         }
-        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log_filter) {
-            return Err(format!("--log-filter ({:?}): {err}", self.log_filter));
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.observability.log_filter) {
+            return Err(format!(
+                "--log-filter ({:?}): {err}",
+                self.observability.log_filter
+            ));
         }
-        if let Some(dir) = &self.data_dir {
+        if let Some(dir) = &self.persistence.data_dir {
             if dir.as_os_str().is_empty() {
                 return Err("--data-dir must not be empty".into());
             }
         }
         if self.redis_target()?.is_some() {
-            if self.data_dir.is_some() {
+            if self.persistence.data_dir.is_some() {
                 return Err(
                     "--data-dir keeps the memory store's state; with --store redis the state is in Redis"
                         .into(),
                 );
             }
-            if self.store_key_prefix.is_empty() || self.store_key_prefix.contains(['{', '}']) {
+            if self.store.key_prefix.is_empty() || self.store.key_prefix.contains(['{', '}']) {
                 return Err(format!(
                     "--store-key-prefix ({:?}) must be non-empty and free of braces",
-                    self.store_key_prefix
+                    self.store.key_prefix
                 ));
             }
             for (flag, value) in [
-                ("--store-timeout", self.store_timeout),
-                ("--store-resync-interval", self.store_resync_interval),
+                ("--store-timeout", *self.store.timeout),
+                ("--store-resync-interval", *self.store.resync_interval),
             ] {
                 if value.is_zero() {
                     return Err(format!("{flag} must be positive"));

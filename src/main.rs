@@ -21,11 +21,11 @@ async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     // Validated by Config::load.
-    let filter = EnvFilter::new(&config.log_filter);
+    let filter = EnvFilter::new(&config.observability.log_filter);
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(filter);
-    match config.log_format {
+    match config.observability.log_format {
         LogFormat::Json => logs.json().with_current_span(true).init(),
         LogFormat::Text => logs
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

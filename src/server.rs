@@ -181,16 +181,18 @@ impl App {
         phases.stop_accepting.cancel();
         let result = match failed {
             Some(result) => result,
-            None => match tokio::time::timeout(config.shutdown_grace, &mut running).await {
-                Ok(result) => result,
-                Err(_) => {
-                    warn!(
-                        grace = %humantime::format_duration(config.shutdown_grace),
-                        "connections still open after the shutdown grace period; closing them"
-                    );
-                    Ok(())
+            None => {
+                match tokio::time::timeout(config.connections.shutdown_grace, &mut running).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        warn!(
+                            grace = %humantime::format_duration(config.connections.shutdown_grace),
+                            "connections still open after the shutdown grace period; closing them"
+                        );
+                        Ok(())
+                    }
                 }
-            },
+            }
         };
         drop(running);
         tasks.stop(&phases).await;
@@ -213,17 +215,21 @@ pub async fn serve(
 fn open_store(config: &Config) -> Result<AnyStore, Error> {
     if let Some(target) = config.redis_target().map_err(Error::Config)? {
         let redis = Redis::new(RedisConfig {
-            key_prefix: config.store_key_prefix.clone(),
-            timeout: config.store_timeout,
-            resync_interval: config.store_resync_interval,
+            key_prefix: config.store.key_prefix.clone(),
+            timeout: config.store.timeout.into(),
+            resync_interval: config.store.resync_interval.into(),
             ..RedisConfig::new(target, config.limits())
         })
         .map_err(Error::Config)?;
         return Ok(AnyStore::Redis(redis));
     }
     let memory = Memory::new(config.limits(), Arc::new(SystemClock));
-    let memory = match &config.data_dir {
-        Some(dir) => memory.with_data_dir(dir, config.persist_interval)?.0,
+    let memory = match &config.persistence.data_dir {
+        Some(dir) => {
+            memory
+                .with_data_dir(dir, config.persistence.persist_interval)?
+                .0
+        }
         None => memory,
     };
     Ok(AnyStore::Memory(memory))
@@ -233,9 +239,9 @@ fn open_store(config: &Config) -> Result<AnyStore, Error> {
 /// a shared store, one key every instance shares through it (waiting for
 /// the store until it answers); else a key of this process.
 async fn token_codec(config: &Config, store: &AnyStore) -> token::Codec {
-    let room_ttl = (!config.room_token_ttl.is_zero()).then_some(config.room_token_ttl);
-    if !config.token_keys.is_empty() {
-        return token::Codec::new(&config.token_keys, room_ttl);
+    let room_ttl = (!config.tokens.room_ttl.is_zero()).then_some(config.tokens.room_ttl);
+    if !config.tokens.keys.is_empty() {
+        return token::Codec::new(&config.tokens.keys, room_ttl);
     }
     let Some(redis) = store.redis() else {
         info!("no --token-key: tokens are signed with a random key and end with this process");
@@ -263,7 +269,7 @@ async fn token_codec(config: &Config, store: &AnyStore) -> token::Codec {
 
 fn log_auth_mode(config: &Config, addr: SocketAddr) {
     if config.auth_enabled() {
-        info!(%addr, jwt = config.jwt_config().enabled(), service_keys = config.service_keys.len(), mtls = config.tls_client_ca.is_some(), "authentication is on");
+        info!(%addr, jwt = config.auth.jwt.enabled(), service_keys = config.auth.service_keys.len(), mtls = config.tls.client_ca.is_some(), "authentication is on");
     } else if !addr.ip().is_loopback() {
         warn!(%addr, "authentication is off on a non-loopback address: anyone who can reach it may act as any user");
     } else {
@@ -272,16 +278,16 @@ fn log_auth_mode(config: &Config, addr: SocketAddr) {
 }
 
 fn tls_acceptor(config: &Config) -> Result<Option<tls::Acceptor>, Error> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+    let (Some(cert), Some(key)) = (&config.tls.cert, &config.tls.key) else {
         return Ok(None);
     };
     let acceptor = tls::Acceptor::new(&tls::Config {
         cert: cert.into(),
         key: key.into(),
-        client_ca: config.tls_client_ca.as_ref().map(Into::into),
-        client_auth_required: config.tls_client_auth_required,
-        reload_interval: config.tls_reload_interval,
-        max_handshakes: config.max_tls_handshakes,
+        client_ca: config.tls.client_ca.as_ref().map(Into::into),
+        client_auth_required: config.tls.client_auth_required,
+        reload_interval: config.tls.reload_interval,
+        max_handshakes: config.tls.max_handshakes,
     })
     .map_err(Error::Config)?;
     Ok(Some(acceptor))
@@ -306,8 +312,8 @@ struct Callers {
 
 impl Callers {
     async fn new(config: &Config, phases: &Phases) -> Result<Self, Error> {
-        let jwt = if config.jwt_config().enabled() {
-            let verifier = jwt::Verifier::new(config.jwt_config())
+        let jwt = if config.auth.jwt.enabled() {
+            let verifier = jwt::Verifier::new(config.auth.jwt.clone())
                 .await
                 .map_err(Error::Config)?;
             verifier.spawn_refresh(phases.streams_end.clone());
@@ -317,10 +323,10 @@ impl Callers {
         };
         let auth = Arc::new(Authenticator::new(
             jwt,
-            config.service_keys.clone(),
-            config.tls_client_ca.is_some(),
+            config.auth.service_keys.clone(),
+            config.tls.client_ca.is_some(),
         ));
-        let limiter = Arc::new(Limiter::new(config.caller_limits()));
+        let limiter = Arc::new(Limiter::new(config.limits.callers));
         Ok(Self { auth, limiter })
     }
 }
@@ -340,7 +346,7 @@ impl Tasks {
         callers: &Callers,
         phases: &Phases,
     ) -> Result<Self, Error> {
-        let admin = match (admin, config.metrics_listen) {
+        let admin = match (admin, config.observability.metrics_listen) {
             (Some(listener), _) => Some(listener),
             (None, Some(addr)) => Some(
                 TcpListener::bind(addr)

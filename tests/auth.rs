@@ -47,16 +47,16 @@ fn service_key_spec() -> presenced::auth::ServiceKey {
 
 /// A server with every JWT key type and one service key.
 fn secured(c: &mut Config) {
-    c.jwt_hs256_secret_file = Some(fixture("jwt-hs256.secret"));
-    c.jwt_public_key_file = vec![
+    c.auth.jwt.hs256_secret_file = Some(fixture("jwt-hs256.secret"));
+    c.auth.jwt.public_key_files = vec![
         format!("rsa-1={}", fixture("jwt-rsa.pub")),
         format!("ec-1={}", fixture("jwt-ec.pub")),
         format!("ed-1={}", fixture("jwt-ed.pub")),
     ];
-    c.jwt_issuer = ISS.into();
-    c.jwt_audience = AUD.into();
-    c.jwt_leeway = Duration::from_secs(5);
-    c.service_keys = vec![service_key_spec()];
+    c.auth.jwt.issuer = ISS.into();
+    c.auth.jwt.audience = AUD.into();
+    c.auth.jwt.leeway = Duration::from_secs(5);
+    c.auth.service_keys = vec![service_key_spec()];
 }
 
 fn claims(sub: &str) -> serde_json::Value {
@@ -124,7 +124,7 @@ async fn valid_jwts_of_every_algorithm_are_accepted() {
 async fn every_jwt_defect_is_refused() {
     let server = TestServer::with(|c| {
         secured(c);
-        c.jwt_hs256_secret_file = None; // RSA-only for the confusion case
+        c.auth.jwt.hs256_secret_file = None; // RSA-only for the confusion case
     })
     .await;
     let mut client = server.client().await;
@@ -413,10 +413,10 @@ async fn jwks_documents_from_a_file_and_a_url_refreshed_on_unknown_kid() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let server = TestServer::with(|c| {
-        c.jwks_file = Some(jwks_file.clone());
-        c.jwks_url = Some(url.clone());
-        c.jwt_issuer = ISS.into();
-        c.jwt_audience = AUD.into();
+        c.auth.jwt.jwks_file = Some(jwks_file.clone());
+        c.auth.jwt.jwks_url = Some(url.clone());
+        c.auth.jwt.issuer = ISS.into();
+        c.auth.jwt.audience = AUD.into();
     })
     .await;
     let mut client = server.client().await;
@@ -453,7 +453,7 @@ fn tempdir() -> String {
 async fn rotated_token_keys_keep_old_tokens_valid_until_removed() {
     const OLD: &str = "the old token key, at least thirty-two bytes";
     const NEW: &str = "the new token key, at least thirty-two bytes";
-    let before = TestServer::with(|c| c.token_keys = vec![OLD.into()]).await;
+    let before = TestServer::with(|c| c.tokens.keys = vec![OLD.into()]).await;
     let mut client = before.client().await;
     let old_tokens = join(&mut client, "r", "u", "s").await;
     before.stop().await.unwrap();
@@ -462,7 +462,7 @@ async fn rotated_token_keys_keep_old_tokens_valid_until_removed() {
         room_token: token.into(),
         limit: 0,
     };
-    let rotating = TestServer::with(|c| c.token_keys = vec![NEW.into(), OLD.into()]).await;
+    let rotating = TestServer::with(|c| c.tokens.keys = vec![NEW.into(), OLD.into()]).await;
     let mut client = rotating.client().await;
     client.list(list(&old_tokens.room_token)).await.unwrap();
     let new_tokens = join(&mut client, "r", "u", "s").await;
@@ -472,7 +472,7 @@ async fn rotated_token_keys_keep_old_tokens_valid_until_removed() {
     );
     rotating.stop().await.unwrap();
 
-    let after = TestServer::with(|c| c.token_keys = vec![NEW.into()]).await;
+    let after = TestServer::with(|c| c.tokens.keys = vec![NEW.into()]).await;
     let mut client = after.client().await;
     client.list(list(&new_tokens.room_token)).await.unwrap();
     let err = client.list(list(&old_tokens.room_token)).await.unwrap_err();
@@ -488,7 +488,7 @@ async fn rotated_token_keys_keep_old_tokens_valid_until_removed() {
 
 #[tokio::test]
 async fn room_tokens_expire_and_heartbeats_hand_out_fresh_ones() {
-    let server = TestServer::with(|c| c.room_token_ttl = Duration::from_secs(2)).await;
+    let server = TestServer::with(|c| c.tokens.room_ttl = Duration::from_secs(2)).await;
     let mut client = server.client().await;
     let issued = tokio::time::Instant::now();
     let first = join(&mut client, "r", "u", "s").await;
@@ -512,7 +512,7 @@ async fn room_tokens_expire_and_heartbeats_hand_out_fresh_ones() {
 async fn a_user_over_the_rate_is_refused_and_others_are_not_slowed() {
     let server = TestServer::with(|c| {
         secured(c);
-        c.rate_per_user = 3;
+        c.limits.callers.rate_per_user = 3;
     })
     .await;
     let mut client = server.client().await;
@@ -555,8 +555,10 @@ async fn services_over_their_rate_are_refused_and_other_services_are_not() {
         .collect();
     let server = TestServer::with(|c| {
         secured(c);
-        c.service_keys.push(format!("other={hex}").parse().unwrap());
-        c.rate_per_service = 2;
+        c.auth
+            .service_keys
+            .push(format!("other={hex}").parse().unwrap());
+        c.limits.callers.rate_per_service = 2;
     })
     .await;
     let mut client = server.client().await;
@@ -589,7 +591,7 @@ async fn services_over_their_rate_are_refused_and_other_services_are_not() {
 async fn authenticated_watchers_are_counted_per_user_not_per_address() {
     let server = TestServer::with(|c| {
         secured(c);
-        c.max_watches_per_principal = 2;
+        c.limits.callers.watches_per_principal = 2;
     })
     .await;
     let mut client = server.client().await;

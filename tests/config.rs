@@ -315,7 +315,14 @@ fn a_start_with_an_invalid_configuration_exits_2_as_check_config_does() {
     }
     // A valid Redis configuration is checked without connecting to Redis
     // (nothing listens on port 1).
-    let out = presenced(&["--check-config", "--store", "redis://127.0.0.1:1/3"], &[]);
+    let out = presenced(
+        &[
+            "--check-config",
+            "--store",
+            "redis://app:s3cret@127.0.0.1:1/3",
+        ],
+        &[],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -323,8 +330,12 @@ fn a_start_with_an_invalid_configuration_exits_2_as_check_config_does() {
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("store = \"<redacted>\""),
-        "a store URL may hold a password: {stdout}"
+        stdout.contains("store = \"redis://app:***@127.0.0.1:1/3\""),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("s3cret"),
+        "the store's password is never shown"
     );
 }
 
@@ -365,12 +376,15 @@ fn the_library_loader_applies_the_same_rules() {
     let loaded =
         presenced::Config::load_from(["presenced", "--config", path, "--max-id-bytes", "42"])
             .unwrap();
-    assert_eq!(loaded.retention, std::time::Duration::from_secs(90 * 60));
     assert_eq!(
-        loaded.max_connection_age,
+        *loaded.presence.retention,
+        std::time::Duration::from_secs(90 * 60)
+    );
+    assert_eq!(
+        loaded.connections.max_connection_age,
         Some(std::time::Duration::from_secs(300))
     );
-    assert_eq!(loaded.max_id_bytes, 42);
+    assert_eq!(loaded.limits.max_id_bytes, 42);
     let err = presenced::Config::load_from(["presenced", "--config", path, "--max-id-bytes", "0"])
         .unwrap_err();
     assert!(err.to_string().contains("--max-id-bytes"), "{err}");

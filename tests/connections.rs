@@ -40,8 +40,8 @@ fn hpack(headers: &[(&str, &str)]) -> Vec<u8> {
 #[tokio::test]
 async fn a_peer_that_stops_answering_pings_loses_its_watch_streams() {
     let server = TestServer::with(|c| {
-        c.keepalive_interval = Duration::from_millis(500);
-        c.keepalive_timeout = Duration::from_millis(500);
+        c.connections.keepalive_interval = Duration::from_millis(500);
+        c.connections.keepalive_timeout = Duration::from_millis(500);
     })
     .await;
     let mut client = server.client().await;
@@ -113,9 +113,9 @@ async fn a_peer_that_stops_answering_pings_loses_its_watch_streams() {
 
 async fn connections_close_at_max_age_and_a_reconnecting_watcher_sees_no_gap() {
     let server = TestServer::with(|c| {
-        c.max_connection_age = Some(Duration::from_millis(600));
-        c.max_connection_age_grace = Duration::from_millis(200);
-        c.snapshot_interval = Duration::from_millis(10);
+        c.connections.max_connection_age = Some(Duration::from_millis(600));
+        c.connections.max_connection_age_grace = Duration::from_millis(200);
+        c.presence.snapshot_interval = (Duration::from_millis(10)).into();
     })
     .await;
     let mut writer = server.client().await;
@@ -219,7 +219,7 @@ async fn slow_http1_headers_are_cut_off() {
 
 #[tokio::test]
 async fn the_stream_limit_per_connection_holds() {
-    let server = TestServer::with(|c| c.max_streams_per_connection = 2).await;
+    let server = TestServer::with(|c| c.connections.max_streams_per_connection = 2).await;
     let mut client = server.client().await;
     let tokens = join(&mut client, "r", "u", "s").await;
     let room_token = tokens.room_token;

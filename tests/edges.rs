@@ -216,7 +216,7 @@ async fn a_message_over_the_limit_is_resource_exhausted_by_the_transport() {
     join(&mut client, "r", "u", "s").await;
     // The same request under a larger limit reaches the engine, whose own
     // bound on ids refuses it: it was the transport's limit above.
-    let roomy = TestServer::with(|c| c.max_request_bytes = 128 * 1024).await;
+    let roomy = TestServer::with(|c| c.limits.max_request_bytes = 128 * 1024).await;
     let err = roomy.client().await.heartbeat(big).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(

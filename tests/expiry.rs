@@ -58,7 +58,7 @@ async fn a_silent_session_goes_offline_between_2_5_and_3_5_intervals() {
 }
 
 async fn offline_users_are_forgotten_after_the_retention() {
-    let server = TestServer::with(|c| c.retention = Duration::from_secs(1)).await;
+    let server = TestServer::with(|c| c.presence.retention = Duration::from_secs(1).into()).await;
     let mut client = server.client().await;
     let gone = join(&mut client, "r", "gone", "g1").await;
     join(&mut client, "r", "stays", "s1").await;

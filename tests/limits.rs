@@ -19,11 +19,11 @@ fn exhausted(err: Status, limit_name: &str) {
 
 async fn sessions_and_rooms_per_user_and_in_all() {
     let server = TestServer::with(|c| {
-        c.max_sessions_per_user = 3;
-        c.max_rooms_per_user = 2;
-        c.max_sessions = 6;
-        c.max_rooms = 3;
-        c.token_keys = vec![KEY.into()];
+        c.limits.max_sessions_per_user = 3;
+        c.limits.max_rooms_per_user = 2;
+        c.limits.max_sessions = 6;
+        c.limits.max_rooms = 3;
+        c.tokens.keys = vec![KEY.into()];
     })
     .await;
     let mut client = server.client().await;
@@ -98,8 +98,8 @@ const KEY: &str = "a token key for the limits test, 32+ bytes";
 
 async fn watch_streams_per_connection_and_per_caller() {
     let server = TestServer::with(|c| {
-        c.max_watches_per_connection = 2;
-        c.max_watches_per_principal = 3;
+        c.limits.callers.watches_per_connection = 2;
+        c.limits.callers.watches_per_principal = 3;
     })
     .await;
     let mut client = server.client().await;
@@ -151,7 +151,7 @@ async fn watch_streams_per_connection_and_per_caller() {
 
 #[tokio::test]
 async fn request_rates_per_peer() {
-    let server = TestServer::with(|c| c.rate_per_peer = 5).await;
+    let server = TestServer::with(|c| c.limits.callers.rate_per_peer = 5).await;
     let mut client = server.client().await;
     let tokens = join(&mut client, "r", "u", "s").await;
     let mut refused = None;

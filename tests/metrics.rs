@@ -27,7 +27,7 @@ struct Served {
 
 async fn start(tweak: impl FnOnce(&mut Config)) -> Served {
     let mut config = Config::defaults();
-    config.shutdown_grace = Duration::from_secs(2);
+    config.connections.shutdown_grace = Duration::from_secs(2);
     tweak(&mut config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -118,8 +118,8 @@ fn interval(ms: i32) -> Option<prost_types::Duration> {
 #[tokio::test]
 async fn counters_and_gauges_follow_a_scripted_workload() {
     let server = start(|c| {
-        c.min_interval = Duration::from_millis(100);
-        c.snapshot_interval = Duration::from_secs(1);
+        c.presence.min_interval = (Duration::from_millis(100)).into();
+        c.presence.snapshot_interval = (Duration::from_secs(1)).into();
     })
     .await;
     let mut client = PresenceServiceClient::connect(format!("http://{}", server.addr))

@@ -33,8 +33,8 @@ fn data(key: &str, value: &str) -> prost_types::Struct {
 async fn a_graceful_restart_keeps_sessions_offline_users_data_and_versions() {
     let dir = tempfile::tempdir().unwrap();
     let configure = |c: &mut presenced::Config| {
-        c.data_dir = Some(dir.path().to_owned());
-        c.token_keys = vec![KEY.into()];
+        c.persistence.data_dir = Some(dir.path().to_owned());
+        c.tokens.keys = vec![KEY.into()];
     };
     let first = TestServer::with(configure).await;
     let mut client = first.client().await;
@@ -303,7 +303,7 @@ async fn a_corrupt_state_file_is_set_aside_and_the_service_starts() {
 async fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
     let file = tempfile::NamedTempFile::new().unwrap();
     let mut config = presenced::Config::defaults();
-    config.data_dir = Some(file.path().join("state"));
+    config.persistence.data_dir = Some(file.path().join("state"));
     let err = presenced::App::new(config).await.err().expect("refused");
     assert!(err.is_config(), "a configuration error (exit 2): {err}");
     assert!(
@@ -317,9 +317,9 @@ async fn an_unusable_data_dir_stops_the_start_with_a_clear_error() {
 async fn restored_offline_users_are_forgotten_at_the_end_of_their_retention() {
     let dir = tempfile::tempdir().unwrap();
     let configure = |c: &mut presenced::Config| {
-        c.data_dir = Some(dir.path().to_owned());
-        c.token_keys = vec![KEY.into()];
-        c.retention = Duration::from_secs(3);
+        c.persistence.data_dir = Some(dir.path().to_owned());
+        c.tokens.keys = vec![KEY.into()];
+        c.presence.retention = (Duration::from_secs(3)).into();
     };
     let first = TestServer::with(configure).await;
     let mut client = first.client().await;
@@ -377,7 +377,7 @@ async fn restored_offline_users_are_forgotten_at_the_end_of_their_retention() {
 #[tokio::test]
 async fn a_second_process_on_the_same_data_dir_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let first = TestServer::with(|c| c.data_dir = Some(dir.path().to_owned())).await;
+    let first = TestServer::with(|c| c.persistence.data_dir = Some(dir.path().to_owned())).await;
     let out = Command::new(env!("CARGO_BIN_EXE_presenced"))
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--data-dir", dir.path().to_str().unwrap()])

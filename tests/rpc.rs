@@ -280,7 +280,7 @@ async fn tokens_are_refused_when_forged_truncated_or_of_the_wrong_kind() {
 
     // A token signed with another key (another deployment) is refused.
     let other = TestServer::with(|c| {
-        c.token_keys = vec!["the key of another deployment, 32+ bytes".into()]
+        c.tokens.keys = vec!["the key of another deployment, 32+ bytes".into()]
     })
     .await;
     let mut other_client = other.client().await;
@@ -299,12 +299,12 @@ async fn tokens_are_refused_when_forged_truncated_or_of_the_wrong_kind() {
 
 async fn a_shared_token_key_makes_tokens_valid_everywhere_and_after_restart() {
     const KEY: &str = "an example key of at least thirty-two bytes";
-    let a = TestServer::with(|c| c.token_keys = vec![KEY.into()]).await;
+    let a = TestServer::with(|c| c.tokens.keys = vec![KEY.into()]).await;
     let mut client_a = a.client().await;
     let tokens = join(&mut client_a, "room", "u", "s").await;
     a.stop().await.unwrap();
 
-    let b = TestServer::with(|c| c.token_keys = vec![KEY.into()]).await;
+    let b = TestServer::with(|c| c.tokens.keys = vec![KEY.into()]).await;
     let mut client_b = b.client().await;
     let snap = client_b
         .list(pb::ListRequest {
@@ -327,8 +327,8 @@ async fn a_shared_token_key_makes_tokens_valid_everywhere_and_after_restart() {
 
 async fn listings_have_a_default_size_and_a_cap() {
     let server = TestServer::with(|c| {
-        c.default_list_limit = 3;
-        c.max_list_limit = 5;
+        c.presence.default_list_limit = 3;
+        c.presence.max_list_limit = 5;
     })
     .await;
     let mut client = server.client().await;

@@ -148,7 +148,7 @@ fn the_binary_refuses_a_public_address_without_auth() {
 #[tokio::test]
 async fn connections_that_do_not_finish_are_closed_when_the_grace_ends() {
     use tokio::io::AsyncWriteExt;
-    let server = TestServer::with(|c| c.shutdown_grace = Duration::from_secs(1)).await;
+    let server = TestServer::with(|c| c.connections.shutdown_grace = Duration::from_secs(1)).await;
     // An HTTP/1.1 request that never finishes its headers, and a watch
     // stream nobody reads: shutdown cannot wait for them forever.
     let mut stuck = tokio::net::TcpStream::connect(server.addr).await.unwrap();

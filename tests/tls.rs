@@ -21,8 +21,8 @@ fn fixture(name: &str) -> String {
 }
 
 fn tls_server(c: &mut presenced::Config) {
-    c.tls_cert = Some(fixture("server.pem"));
-    c.tls_key = Some(fixture("server.key"));
+    c.tls.cert = Some(fixture("server.pem"));
+    c.tls.key = Some(fixture("server.key"));
 }
 
 async fn tls_client(
@@ -92,7 +92,7 @@ async fn tls_serves_grpc_and_refuses_plaintext() {
 async fn a_verified_client_certificate_makes_a_service() {
     let server = TestServer::with(|c| {
         tls_server(c);
-        c.tls_client_ca = Some(fixture("ca.pem"));
+        c.tls.client_ca = Some(fixture("ca.pem"));
     })
     .await;
     let mut service = tls_client(&server, true).await.unwrap();
@@ -110,8 +110,8 @@ async fn a_verified_client_certificate_makes_a_service() {
 async fn required_client_certificates_refuse_clients_without_one() {
     let server = TestServer::with(|c| {
         tls_server(c);
-        c.tls_client_ca = Some(fixture("ca.pem"));
-        c.tls_client_auth_required = true;
+        c.tls.client_ca = Some(fixture("ca.pem"));
+        c.tls.client_auth_required = true;
     })
     .await;
     let mut service = tls_client(&server, true).await.unwrap();
@@ -134,7 +134,7 @@ async fn slow_handshakes_past_the_bound_are_closed_at_once() {
     use tokio::io::AsyncReadExt;
     let server = TestServer::with(|c| {
         tls_server(c);
-        c.max_tls_handshakes = 3;
+        c.tls.max_handshakes = 3;
     })
     .await;
     // Three connections that never send a ClientHello hold every slot.
@@ -170,9 +170,9 @@ async fn a_key_that_does_not_match_its_certificate_keeps_the_old_pair() {
     std::fs::copy(fixture("server.pem"), &cert).unwrap();
     std::fs::copy(fixture("server.key"), &key).unwrap();
     let server = TestServer::with(|c| {
-        c.tls_cert = Some(cert.to_string_lossy().into());
-        c.tls_key = Some(key.to_string_lossy().into());
-        c.tls_reload_interval = Duration::from_millis(50);
+        c.tls.cert = Some(cert.to_string_lossy().into());
+        c.tls.key = Some(key.to_string_lossy().into());
+        c.tls.reload_interval = Duration::from_millis(50);
     })
     .await;
     let first = CertificateDer::from_pem_file(fixture("server.pem")).unwrap();
@@ -221,9 +221,9 @@ async fn certificates_are_reloaded_when_their_files_change() {
     std::fs::copy(fixture("server.pem"), &cert).unwrap();
     std::fs::copy(fixture("server.key"), &key).unwrap();
     let server = TestServer::with(|c| {
-        c.tls_cert = Some(cert.to_string_lossy().into());
-        c.tls_key = Some(key.to_string_lossy().into());
-        c.tls_reload_interval = Duration::from_millis(50);
+        c.tls.cert = Some(cert.to_string_lossy().into());
+        c.tls.key = Some(key.to_string_lossy().into());
+        c.tls.reload_interval = Duration::from_millis(50);
     })
     .await;
     let first = CertificateDer::from_pem_file(fixture("server.pem")).unwrap();

@@ -194,7 +194,8 @@ async fn streams_unregister_when_the_client_goes_away() {
 }
 
 async fn a_watcher_that_does_not_read_delays_no_one_and_gets_the_latest() {
-    let server = TestServer::with(|c| c.snapshot_interval = Duration::from_millis(1)).await;
+    let server =
+        TestServer::with(|c| c.presence.snapshot_interval = Duration::from_millis(1).into()).await;
     let mut setup = server.client().await;
     let tokens = join(&mut setup, "busy", "u0", "s0").await;
 
@@ -283,7 +284,7 @@ async fn a_burst_of_joins_is_coalesced() {
 
 async fn versions_grow_across_a_restart() {
     const KEY: &str = "an example key of at least thirty-two bytes";
-    let a = TestServer::with(|c| c.token_keys = vec![KEY.into()]).await;
+    let a = TestServer::with(|c| c.tokens.keys = vec![KEY.into()]).await;
     let mut client = a.client().await;
     let tokens = join(&mut client, "r", "u", "s").await;
     for i in 0..20 {
@@ -294,7 +295,7 @@ async fn versions_grow_across_a_restart() {
     drop(stream);
     a.stop().await.unwrap();
 
-    let b = TestServer::with(|c| c.token_keys = vec![KEY.into()]).await;
+    let b = TestServer::with(|c| c.tokens.keys = vec![KEY.into()]).await;
     let mut client = b.client().await;
     let mut stream = watch(&mut client, &tokens.room_token, 0).await;
     // The memory store (no --data-dir) starts empty, the Redis store from

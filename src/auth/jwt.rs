@@ -17,26 +17,86 @@ use tracing::{info, warn};
 
 use super::Error;
 
-/// Where the JWT keys come from and what the tokens must say.
-#[derive(Debug, Clone, Default)]
+/// Where the JWT keys come from and what the tokens must say: the
+/// `--jwt-*` and `--jwks-*` settings.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct JwtConfig {
-    /// A file holding the HS256 shared secret.
+    /// File holding the HS256 secret that signs end-user JWTs.
+    #[arg(
+        id = "jwt_hs256_secret_file",
+        value_name = "JWT_HS256_SECRET_FILE",
+        long = "jwt-hs256-secret-file",
+        env = "PRESENCE_JWT_HS256_SECRET_FILE"
+    )]
     pub hs256_secret_file: Option<String>,
-    /// PEM public key files, each `PATH` or `KID=PATH`.
+
+    /// PEM public key files (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA)
+    /// verifying end-user JWTs, each `PATH` or `KID=PATH`; comma-separated or
+    /// repeated.
+    #[arg(
+        id = "jwt_public_key_file",
+        value_name = "JWT_PUBLIC_KEY_FILE",
+        long = "jwt-public-key-file",
+        env = "PRESENCE_JWT_PUBLIC_KEY_FILES",
+        value_delimiter = ','
+    )]
     pub public_key_files: Vec<String>,
-    /// A JWKS document on disk.
+
+    /// JWKS document (file) with keys verifying end-user JWTs.
+    #[arg(
+        id = "jwks_file",
+        value_name = "JWKS_FILE",
+        long = "jwks-file",
+        env = "PRESENCE_JWKS_FILE"
+    )]
     pub jwks_file: Option<String>,
-    /// A JWKS document served over HTTP(S).
+
+    /// JWKS URL with keys verifying end-user JWTs; fetched at start, every
+    /// --jwks-refresh, and when a token names an unknown key id.
+    #[arg(
+        id = "jwks_url",
+        value_name = "JWKS_URL",
+        long = "jwks-url",
+        env = "PRESENCE_JWKS_URL"
+    )]
     pub jwks_url: Option<String>,
+
     /// How often the JWKS URL is fetched again.
+    #[arg(id = "jwks_refresh", value_name = "JWKS_REFRESH", long = "jwks-refresh", env = "PRESENCE_JWKS_REFRESH", default_value = "5m", value_parser = humantime::parse_duration)]
     pub jwks_refresh: Duration,
-    /// Required `iss`.
+
+    /// Required `iss` of end-user JWTs.
+    #[arg(
+        id = "jwt_issuer",
+        value_name = "JWT_ISSUER",
+        long = "jwt-issuer",
+        env = "PRESENCE_JWT_ISSUER",
+        default_value = ""
+    )]
     pub issuer: String,
-    /// Required `aud` (one of).
+
+    /// Required `aud` of end-user JWTs.
+    #[arg(
+        id = "jwt_audience",
+        value_name = "JWT_AUDIENCE",
+        long = "jwt-audience",
+        env = "PRESENCE_JWT_AUDIENCE",
+        default_value = ""
+    )]
     pub audience: String,
-    /// Clock skew allowed on `exp` and `nbf`.
+
+    /// Clock skew allowed on a JWT's `exp` and `nbf`.
+    #[arg(id = "jwt_leeway", value_name = "JWT_LEEWAY", long = "jwt-leeway", env = "PRESENCE_JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub leeway: Duration,
-    /// The claim holding the user id.
+
+    /// The JWT claim holding the user id.
+    #[arg(
+        id = "jwt_user_claim",
+        value_name = "JWT_USER_CLAIM",
+        long = "jwt-user-claim",
+        env = "PRESENCE_JWT_USER_CLAIM",
+        default_value = "sub"
+    )]
     pub user_claim: String,
 }
 

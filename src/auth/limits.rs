@@ -24,19 +24,44 @@ pub struct Exceeded {
     pub limit: u64,
 }
 
-/// The configured values; 0 turns a limit off.
-#[derive(Debug, Clone, Copy, Default)]
+/// The configured values (`--rate-*`, `--max-watches-*`); 0 turns a limit
+/// off.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+#[group(id = "caller_limits")]
 pub struct Config {
-    /// Requests per second per authenticated user (burst: twice that).
+    /// Requests per second per authenticated user, burst twice that (0 = no
+    /// limit).
+    #[arg(long, env = "PRESENCE_RATE_PER_USER", default_value_t = 50)]
     pub rate_per_user: u32,
-    /// Requests per second per service (burst: twice that).
+
+    /// Requests per second per service, burst twice that (0 = no limit).
+    #[arg(long, env = "PRESENCE_RATE_PER_SERVICE", default_value_t = 0)]
     pub rate_per_service: u32,
-    /// Requests per second per peer IP address (burst: twice that).
+
+    /// Requests per second per peer IP address, burst twice that (0 = no
+    /// limit; many users can share one address behind a NAT or proxy).
+    #[arg(long, env = "PRESENCE_RATE_PER_PEER", default_value_t = 0)]
     pub rate_per_peer: u32,
-    /// Open watch streams per connection.
+
+    /// Open watch streams per connection (0 = no limit).
+    #[arg(
+        id = "max_watches_per_connection",
+        value_name = "MAX_WATCHES_PER_CONNECTION",
+        long = "max-watches-per-connection",
+        env = "PRESENCE_MAX_WATCHES_PER_CONNECTION",
+        default_value_t = 1000
+    )]
     pub watches_per_connection: usize,
-    /// Open watch streams per principal (or per peer IP for callers that
-    /// present only a room token).
+
+    /// Open watch streams per caller: per user or service when the watch
+    /// presents a credential, else per peer IP address (0 = no limit).
+    #[arg(
+        id = "max_watches_per_principal",
+        value_name = "MAX_WATCHES_PER_PRINCIPAL",
+        long = "max-watches-per-principal",
+        env = "PRESENCE_MAX_WATCHES_PER_PRINCIPAL",
+        default_value_t = 0
+    )]
     pub watches_per_principal: usize,
 }
 

@@ -48,7 +48,7 @@ use super::hub::Subscription;
 use super::model::{Error, Id, Lease, Limits, RoomPresence, Snapshot};
 use super::store::{Health, Stats, Store};
 pub use ops::{LatencySnapshot, LATENCY_BUCKETS};
-pub use target::Target;
+pub use target::{redact as redact_url, Target};
 
 /// Default bound on one call to the store.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);

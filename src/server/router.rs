@@ -45,7 +45,7 @@ pub fn build(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let presence = PresenceServiceServer::new(api.clone())
-        .max_decoding_message_size(config.max_request_bytes)
+        .max_decoding_message_size(config.limits.max_request_bytes)
         .max_encoding_message_size(usize::MAX);
     let beacon = beacon::router(api).layer(telemetry.clone());
     // grpc-web wraps the gRPC services only: tonic-web answers 400 to
@@ -60,19 +60,19 @@ pub fn build(
         .merge(beacon);
 
     let mut builder = Server::builder();
-    if let Some(age) = config.max_connection_age {
+    if let Some(age) = config.connections.max_connection_age {
         builder = builder
             .max_connection_age(age)
-            .max_connection_age_grace(config.max_connection_age_grace);
+            .max_connection_age_grace(config.connections.max_connection_age_grace);
     }
     // HTTP/1.1 connections (grpc-web, beacon) must send a request's
     // headers within config::HTTP1_HEADER_READ_TIMEOUT: tonic sets
     // hyper's timer, which enforces hyper's default.
     Ok(builder
         .accept_http1(true)
-        .max_concurrent_streams(config.max_streams_per_connection)
-        .http2_keepalive_interval(Some(config.keepalive_interval))
-        .http2_keepalive_timeout(Some(config.keepalive_timeout))
+        .max_concurrent_streams(config.connections.max_streams_per_connection)
+        .http2_keepalive_interval(Some(config.connections.keepalive_interval))
+        .http2_keepalive_timeout(Some(config.connections.keepalive_timeout))
         // Rapid-reset guard: a client that opens and cancels streams
         // faster than we accept them is cut off.
         .http2_max_pending_accept_reset_streams(Some(64))

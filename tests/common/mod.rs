@@ -55,10 +55,10 @@ pub fn use_test_store(config: &mut Config) {
         StoreKind::Redis => redis::shared_redis().url(),
         StoreKind::Cluster => redis::shared_cluster().url(),
     };
-    config.store = url;
-    config.store_key_prefix = prefix;
+    config.store.url = url;
+    config.store.key_prefix = prefix;
     // Debug builds of the server, its clients and Redis share two cores.
-    config.store_timeout = Duration::from_secs(5);
+    config.store.timeout = (Duration::from_secs(5)).into();
 }
 
 /// Each named `async fn` as a test on every store: `memory::name`,
@@ -96,7 +96,7 @@ impl TestServer {
     /// A server whose configuration `tweak` adjusts.
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
         let mut config = Config::defaults();
-        config.shutdown_grace = Duration::from_secs(3);
+        config.connections.shutdown_grace = Duration::from_secs(3);
         use_test_store(&mut config);
         tweak(&mut config);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -88,7 +88,7 @@ impl Target {
 }
 
 /// `url` with the password of its credentials replaced by `***`.
-fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
