@@ -162,7 +162,7 @@ mod tests {
         }
     }
 
-    /// Counts wake-ups.
+    /// Activity wake-ups.
     #[derive(Default)]
     struct Wakes(std::sync::atomic::AtomicUsize);
 

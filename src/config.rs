@@ -345,7 +345,7 @@ pub struct LimitConfig {
 
     /// Request rates and watch streams per caller.
     #[command(flatten)]
-    pub callers: crate::auth::limits::Config,
+    pub callers: crate::auth::quota::Config,
 }
 
 /// HTTP/2 connections and shutdown.

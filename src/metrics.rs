@@ -168,7 +168,7 @@ fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> f
 impl Collector for EngineCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let stats = self.store.stats();
-        let counts = self.store.counts();
+        let counts = self.store.activity();
         {
             let g = ConstGauge::new(1i64);
             let mut family = enc.encode_descriptor(
@@ -295,7 +295,7 @@ impl Collector for EngineCollector {
                     .encode(family.encode_family(&[("op", op.op)])?)?;
             }
         }
-        if let Some(p) = self.store.memory().and_then(|m| m.persist_counts()) {
+        if let Some(p) = self.store.memory().and_then(|m| m.persist_writes()) {
             let c = ConstCounter::new(0u64);
             let mut family = enc.encode_descriptor(
                 "presenced_persist_writes",

@@ -27,7 +27,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
-use crate::auth::limits::Limiter;
+use crate::auth::quota::Quotas;
 use crate::auth::{jwt, Authenticator};
 use crate::coalesce::Coalesced;
 use crate::config::Config;
@@ -81,7 +81,7 @@ impl Error {
 pub struct App {
     config: Config,
     store: AnyStore,
-    tokens: token::Codec,
+    tokens: token::Signer,
     metrics: Metrics,
     admin: Option<TcpListener>,
 }
@@ -157,7 +157,7 @@ impl App {
             self.store.clone(),
             self.tokens,
             callers.auth,
-            callers.limiter,
+            callers.quotas,
             phases.streams_end.clone(),
         );
         let server = router::build(&config, api, health_service, telemetry)?;
@@ -238,14 +238,14 @@ fn open_store(config: &Config) -> Result<AnyStore, Error> {
 /// Signs and verifies capability tokens: the configured keys; else, with
 /// a shared store, one key every instance shares through it (waiting for
 /// the store until it answers); else a key of this process.
-async fn token_codec(config: &Config, store: &AnyStore) -> token::Codec {
+async fn token_codec(config: &Config, store: &AnyStore) -> token::Signer {
     let room_ttl = (!config.tokens.room_ttl.is_zero()).then_some(config.tokens.room_ttl);
     if !config.tokens.keys.is_empty() {
-        return token::Codec::new(&config.tokens.keys, room_ttl);
+        return token::Signer::new(&config.tokens.keys, room_ttl);
     }
     let Some(redis) = store.redis() else {
         info!("no --token-key: tokens are signed with a random key and end with this process");
-        return token::Codec::random(room_ttl);
+        return token::Signer::random(room_ttl);
     };
     let mut delay = Duration::from_millis(100);
     loop {
@@ -256,7 +256,7 @@ async fn token_codec(config: &Config, store: &AnyStore) -> token::Codec {
                     "no --token-key: tokens are signed with a key generated once and shared by every \
                      instance through the store; set --token-key to choose and rotate it"
                 );
-                return token::Codec::new(&[key], room_ttl);
+                return token::Signer::new(&[key], room_ttl);
             }
             Err(err) => {
                 warn!(%err, "waiting for the store to share the token key");
@@ -307,7 +307,7 @@ struct Phases {
 /// Who may call: authentication and per-caller limits.
 struct Callers {
     auth: Arc<Authenticator>,
-    limiter: Arc<Limiter>,
+    quotas: Arc<Quotas>,
 }
 
 impl Callers {
@@ -326,8 +326,8 @@ impl Callers {
             config.auth.service_keys.clone(),
             config.tls.client_ca.is_some(),
         ));
-        let limiter = Arc::new(Limiter::new(config.limits.callers));
-        Ok(Self { auth, limiter })
+        let quotas = Arc::new(Quotas::new(config.limits.callers));
+        Ok(Self { auth, quotas })
     }
 }
 
@@ -370,7 +370,7 @@ impl Tasks {
             None => None,
         };
         tokio::spawn(housekeeping(
-            callers.limiter.clone(),
+            callers.quotas.clone(),
             phases.streams_end.clone(),
         ));
         Ok(Self {
@@ -458,10 +458,10 @@ async fn set_health(health: &HealthReporter, state: &Health) {
 }
 
 /// Periodic clean-up of per-caller state.
-async fn housekeeping(limiter: Arc<Limiter>, cancel: CancellationToken) {
+async fn housekeeping(quotas: Arc<Quotas>, cancel: CancellationToken) {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(60)) => limiter.housekeeping(),
+            () = tokio::time::sleep(Duration::from_secs(60)) => quotas.housekeeping(),
             () = cancel.cancelled() => return,
         }
     }

@@ -101,28 +101,28 @@ pub enum Error {
 
 /// Signs and verifies tokens. Cheap to clone.
 #[derive(Clone)]
-pub struct Codec {
+pub struct Signer {
     /// Key ids and keyed MACs; the first signs, all verify.
     keys: Vec<(u32, HmacSha256)>,
     /// Lifetime of room tokens; `None` = they never expire.
     room_ttl: Option<Duration>,
 }
 
-impl std::fmt::Debug for Codec {
+impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ids: Vec<String> = self
             .keys
             .iter()
             .map(|(id, _)| format!("{id:08x}"))
             .collect();
-        f.debug_struct("Codec")
+        f.debug_struct("Signer")
             .field("key_ids", &ids)
             .field("room_ttl", &self.room_ttl)
             .finish()
     }
 }
 
-impl Codec {
+impl Signer {
     /// A codec signing with the first of `keys` and verifying with all of
     /// them (each any length; use at least 32 random bytes).
     pub fn new<K: AsRef<[u8]>>(keys: &[K], room_ttl: Option<Duration>) -> Self {
@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let codec = Codec::random(None);
+        let codec = Signer::random(None);
         let room = codec.room_token("chat:42");
         assert_eq!(codec.verify_room(&room).unwrap(), "chat:42");
         let session = codec.session_token("chat:42", "alice", "s1", 77, later());
@@ -310,7 +310,7 @@ mod tests {
 
     #[test]
     fn kinds_never_cross() {
-        let codec = Codec::random(None);
+        let codec = Signer::random(None);
         let room = codec.room_token("r");
         let session = codec.session_token("r", "u", "s", 1, later());
         assert!(matches!(
@@ -325,14 +325,14 @@ mod tests {
 
     #[test]
     fn another_key_is_refused() {
-        let a = Codec::new(&[b"a key that is long enough to be a real key...."], None);
-        let b = Codec::new(&[b"another key, just as long as the first one....."], None);
+        let a = Signer::new(&[b"a key that is long enough to be a real key...."], None);
+        let b = Signer::new(&[b"another key, just as long as the first one....."], None);
         assert_eq!(
             b.verify_room(&a.room_token("r")),
             Err(Error::UnknownKey("room token"))
         );
         // The same key on another instance verifies.
-        let a2 = Codec::new(&[b"a key that is long enough to be a real key...."], None);
+        let a2 = Signer::new(&[b"a key that is long enough to be a real key...."], None);
         assert_eq!(a2.verify_room(&a.room_token("r")).unwrap(), "r");
     }
 
@@ -340,9 +340,9 @@ mod tests {
     fn rotation_keeps_old_tokens_valid_until_the_old_key_is_removed() {
         let old: &[u8] = b"the old key, thirty-two bytes or more.....";
         let new: &[u8] = b"the new key, thirty-two bytes or more.....";
-        let before = Codec::new(&[old], None);
-        let rotating = Codec::new(&[new, old], None);
-        let after = Codec::new(&[new], None);
+        let before = Signer::new(&[old], None);
+        let rotating = Signer::new(&[new, old], None);
+        let after = Signer::new(&[new], None);
         let old_token = before.room_token("r");
         let new_token = rotating.room_token("r");
         assert_eq!(rotating.verify_room(&old_token).unwrap(), "r");
@@ -355,7 +355,7 @@ mod tests {
 
     #[test]
     fn room_tokens_expire_and_are_stable_within_half_their_ttl() {
-        let codec = Codec::random(Some(Duration::from_secs(3600)));
+        let codec = Signer::random(Some(Duration::from_secs(3600)));
         let a = codec.room_token("r");
         let b = codec.room_token("r");
         assert_eq!(a, b, "same token within the window");
@@ -372,7 +372,7 @@ mod tests {
 
     #[test]
     fn session_tokens_expire_a_grace_after_their_sessions_deadline() {
-        let codec = Codec::random(None);
+        let codec = Signer::random(None);
         let grace = SESSION_TOKEN_GRACE.as_millis() as u64;
         let now_ms = now_secs() * 1000;
         let fresh = codec.session_token("r", "u", "s", 1, now_ms + 25_000);
@@ -390,7 +390,7 @@ mod tests {
 
     #[test]
     fn garbage_and_truncation_are_malformed_or_bad() {
-        let codec = Codec::random(None);
+        let codec = Signer::random(None);
         let token = codec.room_token("room");
         for bad in ["", "!!!", "a", &token[..token.len() - 1], &token[..10]] {
             assert!(codec.verify_room(bad).is_err(), "{bad:?} accepted");
@@ -401,7 +401,7 @@ mod tests {
     proptest! {
         #[test]
         fn every_issued_token_verifies(room in ".{1,64}", user in ".{1,64}", session in ".{1,64}") {
-            let codec = Codec::random(None);
+            let codec = Signer::random(None);
             prop_assert_eq!(codec.verify_room(&codec.room_token(&room)).unwrap(), room.clone());
             let claims = codec.verify_session(&codec.session_token(&room, &user, &session, 9, later())).unwrap();
             prop_assert_eq!((claims.room_id, claims.user_id, claims.session_id, claims.incarnation), (room, user, session, 9));
@@ -409,7 +409,7 @@ mod tests {
 
         #[test]
         fn every_byte_flip_is_refused(room in "[a-z]{1,32}", pos in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let codec = Codec::random(None);
+            let codec = Signer::random(None);
             let token = codec.room_token(&room);
             let mut bytes = URL_SAFE_NO_PAD.decode(&token).unwrap();
             let i = pos.index(bytes.len());
@@ -427,7 +427,7 @@ mod tests {
             ch in prop::sample::select(b"ABCxyz019-_=.+/ ".to_vec()),
             tail in "[A-Za-z0-9_-]{1,8}",
         ) {
-            let codec = Codec::random(Some(Duration::from_secs(3600)));
+            let codec = Signer::random(Some(Duration::from_secs(3600)));
             for token in [codec.room_token(&room), codec.session_token(&room, &user, "s", 3, later())] {
                 let truncated = &token[..cut.index(token.len())];
                 prop_assert!(codec.verify_room(truncated).is_err());

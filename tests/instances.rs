@@ -440,7 +440,7 @@ async fn a_flood_of_joins_over_three_instances_is_coalesced(url: String) {
         let mut n = 0;
         loop {
             n += 1;
-            if next(s, Duration::from_secs(5)).await.total_count == 601 {
+            if next(s, Duration::from_secs(15)).await.total_count == 601 {
                 break;
             }
         }

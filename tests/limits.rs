@@ -69,7 +69,7 @@ async fn sessions_and_rooms_per_user_and_in_all() {
     // Made-up room ids cannot be watched past the bound either: the rooms
     // watched on an instance are bounded by --max-rooms too (a token for
     // one needs the key: mint it as the server would).
-    let codec = presenced::token::Codec::new(&[KEY], None);
+    let codec = presenced::token::Signer::new(&[KEY], None);
     let watch = |room: &str| pb::WatchRoomRequest {
         room_token: codec.room_token(room),
         limit: 0,

@@ -178,7 +178,7 @@ async fn counters_and_gauges_follow_a_scripted_workload() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_eventually!(
-        server.store.counts().sessions_expired == 1,
+        server.store.activity().sessions_expired == 1,
         Duration::from_secs(3),
         "carol's session expires"
     );

@@ -13,7 +13,7 @@
 //! need no caller identity.
 
 pub mod jwt;
-pub mod limits;
+pub mod quota;
 
 use std::sync::Arc;
 

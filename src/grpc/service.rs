@@ -14,7 +14,7 @@ use super::convert;
 use super::pb;
 use super::pb::presence_service_server::PresenceService;
 use super::status::token_status;
-use crate::auth::limits::{Limiter, WatchPermit};
+use crate::auth::quota::{Quotas, WatchPermit};
 use crate::auth::{Authenticator, Principal};
 use crate::presence::{Snapshot, Store, Subscription};
 use crate::token;
@@ -23,9 +23,9 @@ use crate::token;
 #[derive(Clone)]
 pub struct PresenceApi<S> {
     store: S,
-    tokens: token::Codec,
+    tokens: token::Signer,
     auth: Arc<Authenticator>,
-    limits: Arc<Limiter>,
+    quotas: Arc<Quotas>,
     /// Cancelled at shutdown: open watch streams end with UNAVAILABLE.
     shutdown: CancellationToken,
 }
@@ -36,16 +36,16 @@ impl<S: Store> PresenceApi<S> {
     /// is cancelled.
     pub fn new(
         store: S,
-        tokens: token::Codec,
+        tokens: token::Signer,
         auth: Arc<Authenticator>,
-        limits: Arc<Limiter>,
+        quotas: Arc<Quotas>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             store,
             tokens,
             auth,
-            limits,
+            quotas,
             shutdown,
         }
     }
@@ -59,7 +59,7 @@ impl<S: Store> PresenceApi<S> {
         let certs = request.peer_certs();
         let cert = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
         let principal = self.auth.authenticate(authorization, cert).await?;
-        self.limits
+        self.quotas
             .check_rate(Some(&principal), request.remote_addr())?;
         Ok(principal)
     }
@@ -84,7 +84,7 @@ impl<S: Store> PresenceApi<S> {
 
     /// Admits a call authorized by a capability token alone (per-peer rate).
     fn capability_call<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        self.limits.check_rate(None, request.remote_addr())?;
+        self.quotas.check_rate(None, request.remote_addr())?;
         Ok(())
     }
 
@@ -107,9 +107,9 @@ impl<S: Store> PresenceApi<S> {
         Ok(())
     }
 
-    /// Counts a beacon from `peer` against the per-peer rate.
+    /// Activity a beacon from `peer` against the per-peer rate.
     pub fn check_peer_rate(&self, peer: Option<std::net::SocketAddr>) -> Result<(), Status> {
-        self.limits.check_rate(None, peer)?;
+        self.quotas.check_rate(None, peer)?;
         Ok(())
     }
 
@@ -190,7 +190,7 @@ impl<S: Store> PresenceService for PresenceApi<S> {
         };
         let req = request.into_inner();
         let room_id = self.room_of(&req.room_token)?;
-        let permit = self.limits.open_watch(peer, owner)?;
+        let permit = self.quotas.open_watch(peer, owner)?;
         let limit = self.store.limits().list_limit(req.limit);
         if self.shutdown.is_cancelled() {
             return Err(crate::presence::Error::ShuttingDown.into());

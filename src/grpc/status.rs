@@ -39,8 +39,8 @@ impl From<auth::Error> for Status {
     }
 }
 
-impl From<auth::limits::Exceeded> for Status {
-    fn from(err: auth::limits::Exceeded) -> Self {
+impl From<auth::quota::Exceeded> for Status {
+    fn from(err: auth::quota::Exceeded) -> Self {
         Status::resource_exhausted(err.to_string())
     }
 }
@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(Status::from(invalid).code(), Code::Unauthenticated);
         let denied = auth::Error::PermissionDenied("not you".into());
         assert_eq!(Status::from(denied).code(), Code::PermissionDenied);
-        let exceeded = auth::limits::Exceeded {
+        let exceeded = auth::quota::Exceeded {
             what: "requests per second per user",
             limit: 5,
         };

@@ -3,7 +3,7 @@
 //! Plain relaxed atomics, bumped on slow paths only (a session created or
 //! ended, a snapshot built or handed out; never on the heartbeat of a live
 //! session). The engine knows no metrics library: the exporter reads
-//! [`Counts`] at scrape time, so the engine stays free of exporters and of
+//! [`Activity`] at scrape time, so the engine stays free of exporters and of
 //! process-wide registries, and every store (one per test server) counts on
 //! its own.
 
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The live counters of one store.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub struct ActivityCounters {
     pub sessions_created: AtomicU64,
     pub sessions_disconnected: AtomicU64,
     pub sessions_expired: AtomicU64,
@@ -26,16 +26,16 @@ pub struct Counters {
     pub notifier_reconnects: AtomicU64,
 }
 
-impl Counters {
+impl ActivityCounters {
     /// Adds one to `counter`.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counts now.
-    pub fn read(&self) -> Counts {
+    pub fn read(&self) -> Activity {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        Counts {
+        Activity {
             sessions_created: get(&self.sessions_created),
             sessions_disconnected: get(&self.sessions_disconnected),
             sessions_expired: get(&self.sessions_expired),
@@ -54,7 +54,7 @@ impl Counters {
 
 /// What a store has done since it started; every field only grows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counts {
+pub struct Activity {
     /// Sessions created by a heartbeat (or restored from disk).
     pub sessions_created: u64,
     /// Sessions ended by a disconnect (RPC or beacon).

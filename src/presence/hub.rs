@@ -46,7 +46,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_stream::Stream;
 
 use super::clock::Millis;
-use super::counters::Counters;
+use super::counters::ActivityCounters;
 use super::model::{Coalescing, Error, Id, Limits, Snapshot};
 
 /// Number of room shards (a power of two).
@@ -98,7 +98,7 @@ struct Inner {
     max_rooms: usize,
     /// Rooms watched here.
     rooms: AtomicUsize,
-    counters: Arc<Counters>,
+    counters: Arc<ActivityCounters>,
     /// Open subscriptions.
     watchers: AtomicUsize,
     /// Source of entry epochs (see [`Watched::epoch`]).
@@ -124,7 +124,7 @@ struct Watched {
 impl Hub {
     /// A hub for `limits` (its windows, at most `snapshot_interval`, and
     /// at most `max_rooms` watched rooms), counting into `counters`.
-    pub fn new(limits: &Limits, counters: Arc<Counters>) -> Self {
+    pub fn new(limits: &Limits, counters: Arc<ActivityCounters>) -> Self {
         let window_cap = limits.snapshot_interval;
         let max_rooms = limits.max_rooms;
         Self {
@@ -174,7 +174,7 @@ impl Hub {
                     limit: max,
                 })?;
             let snapshot = current();
-            Counters::bump(&self.inner.counters.snapshots_built);
+            ActivityCounters::bump(&self.inner.counters.snapshots_built);
             let epoch = self.inner.next_epoch.fetch_add(1, Ordering::Relaxed);
             shard.insert(
                 snapshot.room_id.clone(),
@@ -221,7 +221,7 @@ impl Hub {
             return Change::NotWatched;
         };
         if watched.pending {
-            Counters::bump(&self.inner.counters.snapshots_coalesced);
+            ActivityCounters::bump(&self.inner.counters.snapshots_coalesced);
             return Change::Coalesced;
         }
         let due = watched
@@ -247,7 +247,7 @@ impl Hub {
     /// [`Change::Publish`] or [`Hub::take_due`]). Older than what was
     /// published: dropped. Looking the same: kept without waking anyone.
     pub fn publish(&self, snapshot: Snapshot) {
-        Counters::bump(&self.inner.counters.snapshots_built);
+        ActivityCounters::bump(&self.inner.counters.snapshots_built);
         let shard = self.inner.shard(&snapshot.room_id);
         let Some(watched) = shard.get(&snapshot.room_id) else {
             return;
@@ -404,7 +404,7 @@ impl Stream for Subscription {
         let next = Pin::new(&mut self.stream).poll_next(cx);
         match &next {
             Poll::Ready(Some(Ok(_))) => {
-                Counters::bump(&self.guard.hub.inner.counters.snapshots_delivered);
+                ActivityCounters::bump(&self.guard.hub.inner.counters.snapshots_delivered);
             }
             Poll::Ready(Some(Err(_)) | None) => self.done = true,
             Poll::Pending => {}
@@ -502,7 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn changes_publish_or_defer_by_the_window_and_never_go_back() {
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(ActivityCounters::default());
         let hub = Hub::new(&limits(10), counters.clone());
         assert_eq!(hub.changed("r", 5), Change::NotWatched);
         // 1000 watchers of 5 users: a 16 ms window.

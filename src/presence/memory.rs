@@ -47,11 +47,11 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{Clock, Millis};
-use super::counters::{Counters, Counts};
+use super::counters::{Activity, ActivityCounters};
 use super::hub::{Hub, Subscription};
 use super::model::{Error, Lease, Limits, RoomPresence, Snapshot};
 use super::store::{Health, Stats, Store};
-use persist::{Loaded, PersistCounts, Persister};
+use persist::{Loaded, Persister, Writes};
 use room::{SessionIndex, Shard, UserIndex};
 
 /// Number of room shards (a power of two).
@@ -94,13 +94,13 @@ struct Shared {
     /// back for the same session id, even in a room dropped and made anew.
     next_incarnation: AtomicU64,
     /// What this store has done, for metrics.
-    counters: Arc<Counters>,
+    counters: Arc<ActivityCounters>,
 }
 
 impl Memory {
     /// An empty store.
     pub fn new(limits: Limits, clock: Arc<dyn Clock>) -> Self {
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(ActivityCounters::default());
         let hub = Hub::new(&limits, counters.clone());
         let shared = Arc::new(Shared {
             clock,
@@ -149,7 +149,7 @@ impl Memory {
         &self.shared.limits
     }
 
-    /// Counts of live things.
+    /// Activity of live things.
     pub fn stats(&self) -> Stats {
         Stats {
             sessions: self.shared.live_sessions.load(Ordering::Relaxed),
@@ -177,13 +177,13 @@ impl Memory {
     }
 
     /// What this store has done since it started.
-    pub fn counts(&self) -> Counts {
+    pub fn activity(&self) -> Activity {
         self.shared.counters.read()
     }
 
     /// State file writes, with `--data-dir`.
-    pub fn persist_counts(&self) -> Option<PersistCounts> {
-        self.persister.as_ref().map(Persister::counts)
+    pub fn persist_writes(&self) -> Option<Writes> {
+        self.persister.as_ref().map(Persister::writes)
     }
 
     /// Where the state file is, with `--data-dir`.
@@ -382,7 +382,7 @@ impl Store for Memory {
         Memory::online_users(self)
     }
 
-    fn counts(&self) -> Counts {
-        Memory::counts(self)
+    fn activity(&self) -> Activity {
+        Memory::activity(self)
     }
 }

@@ -23,7 +23,7 @@ mod store;
 mod validate;
 
 pub use clock::{Clock, ManualClock, Millis, SystemClock};
-pub use counters::{Counters, Counts};
+pub use counters::{Activity, ActivityCounters};
 pub use hub::{Change, Hub, Subscription};
 pub use memory::{persist, Memory};
 pub use model::*;

@@ -42,7 +42,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::clock::{Clock, SystemClock};
-use super::counters::{Counters, Counts};
+use super::counters::{Activity, ActivityCounters};
 use super::hub::Hub;
 use super::hub::Subscription;
 use super::model::{Error, Id, Lease, Limits, RoomPresence, Snapshot};
@@ -114,7 +114,7 @@ struct Shared {
     /// `PUBLISH` (one node) or `SPUBLISH` (a Cluster).
     publish: &'static str,
     hub: Hub,
-    counters: Arc<Counters>,
+    counters: Arc<ActivityCounters>,
     /// Time for local decisions (coalescing windows, sweep pacing).
     clock: Arc<dyn Clock>,
     health: watch::Sender<Health>,
@@ -143,7 +143,7 @@ impl Redis {
         let (idle_tx, idle_rx) = mpsc::unbounded_channel();
         let calls = conn::Link::calls(&config.target, config.timeout)?;
         let notifications = conn::Link::notifications(&config.target, config.timeout, push_tx)?;
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(ActivityCounters::default());
         let hub = Hub::new(&config.limits, counters.clone());
         hub.on_idle(move |room| {
             let _ = idle_tx.send(room.clone());
@@ -210,7 +210,7 @@ impl Redis {
         self.shared.config.target.shown.clone()
     }
 
-    /// Counts of live things: sessions and rooms in all (as of the last
+    /// Activity of live things: sessions and rooms in all (as of the last
     /// sweep), watchers and watched rooms of this instance.
     pub fn stats(&self) -> Stats {
         let t = &self.shared.totals;
@@ -228,7 +228,7 @@ impl Redis {
     }
 
     /// What this instance has done.
-    pub fn counts(&self) -> Counts {
+    pub fn activity(&self) -> Activity {
         self.shared.counters.read()
     }
 
@@ -416,7 +416,7 @@ impl Store for Redis {
         Redis::online_users(self)
     }
 
-    fn counts(&self) -> Counts {
-        Redis::counts(self)
+    fn activity(&self) -> Activity {
+        Redis::activity(self)
     }
 }

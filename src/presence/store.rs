@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::counters::Counts;
+use super::counters::Activity;
 use super::hub::Subscription;
 use super::memory::Memory;
 use super::model::{Error, Lease, Limits, RoomPresence, Snapshot};
@@ -108,7 +108,7 @@ pub trait Store: Clone + Send + Sync + 'static {
     fn online_users(&self) -> usize;
 
     /// What this store (this instance of it) has done since it started.
-    fn counts(&self) -> Counts;
+    fn activity(&self) -> Activity;
 }
 
 /// Whether a store can serve.
@@ -120,7 +120,7 @@ pub enum Health {
     Unavailable(String),
 }
 
-/// Counts of live things. For a shared store, sessions and rooms are the
+/// Activity of live things. For a shared store, sessions and rooms are the
 /// totals of every instance; watchers and watched rooms are this
 /// instance's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -266,7 +266,7 @@ impl Store for AnyStore {
         either!(self, s => s.online_users())
     }
 
-    fn counts(&self) -> Counts {
-        either!(self, s => s.counts())
+    fn activity(&self) -> Activity {
+        either!(self, s => s.activity())
     }
 }

@@ -52,7 +52,7 @@ pub async fn two_tabs_one_closed_is_still_online_and_changes_nothing<H: Harness>
     s.heartbeat("r", "alice", "tab1", SEC).await.unwrap();
     s.heartbeat("r", "alice", "tab2", SEC).await.unwrap();
     let before = s.list_room("r", false, 0).await.unwrap();
-    let built = s.counts().snapshots_built;
+    let built = s.activity().snapshots_built;
     let mut watch = s.watch("r").await.unwrap();
     latest(&mut watch).unwrap();
     s.disconnect("r", "alice", "tab1", None).await.unwrap();
@@ -61,7 +61,7 @@ pub async fn two_tabs_one_closed_is_still_online_and_changes_nothing<H: Harness>
     assert_eq!(after.version, before.version, "nothing visible changed");
     assert!(latest(&mut watch).is_none(), "and nothing was published");
     assert_eq!(
-        s.counts().snapshots_built,
+        s.activity().snapshots_built,
         built + 1,
         "only the watch's first"
     );
@@ -138,7 +138,7 @@ pub async fn sessions_expire_at_two_and_a_half_intervals<H: Harness>(h: &H) {
     assert_eq!(listing(&s, "r").await, users(&[("u", false)]));
     let snap = s.list_room("r", false, 0).await.unwrap();
     assert_eq!(snap.users[0].last_disconnected, Some(T0 + 10_000));
-    assert_eq!(s.counts().sessions_expired, 1);
+    assert_eq!(s.activity().sessions_expired, 1);
     // A shorter interval takes effect at once.
     s.heartbeat("r", "v", "t", Duration::from_secs(10))
         .await
@@ -162,7 +162,7 @@ pub async fn a_heartbeat_after_the_deadline_starts_a_new_session<H: Harness>(h: 
     clock.advance(3_000); // past the 2.5 s deadline; nothing swept
     let second = s.heartbeat("r", "u", "s", SEC).await.unwrap();
     assert_ne!(second.incarnation, first.incarnation, "a new life");
-    assert_eq!(s.counts().sessions_expired, 1, "the old one expired");
+    assert_eq!(s.activity().sessions_expired, 1, "the old one expired");
     // The user came back: last of the online users.
     assert_eq!(listing(&s, "r").await, users(&[("w", true), ("u", true)]));
     // A token of the old life cannot end the new one; one of the new can.
@@ -200,7 +200,7 @@ pub async fn offline_users_are_kept_for_the_retention_then_forgotten<H: Harness>
     assert!(listing(&s, "r").await.is_empty());
     assert!(s.list_user("u", false, 0).await.unwrap().is_empty());
     assert_eq!(h.counts(&s).await.1, 0, "an empty room is forgotten");
-    assert_eq!(s.counts().users_purged, 1);
+    assert_eq!(s.activity().users_purged, 1);
 }
 
 pub async fn coming_back_and_flapping_keeps_one_purge_at_the_latest_retention<H: Harness>(h: &H) {
@@ -228,7 +228,7 @@ pub async fn coming_back_and_flapping_keeps_one_purge_at_the_latest_retention<H:
     clock.advance(1);
     sweep_at(h, &s).await;
     assert!(listing(&s, "r").await.is_empty());
-    assert_eq!(s.counts().users_purged, 1);
+    assert_eq!(s.activity().users_purged, 1);
     // Coming back cancels the purge.
     s.heartbeat("r", "v", "v1", SEC).await.unwrap();
     s.disconnect("r", "v", "v1", None).await.unwrap();
@@ -411,7 +411,7 @@ pub async fn remove_room_user_and_remove_room_end_their_sessions<H: Harness>(h: 
     s.remove_room_user("r", "a").await.unwrap();
     assert_eq!(listing(&s, "r").await, users(&[("b", true)]));
     assert_eq!(h.counts(&s).await.0, 2);
-    assert_eq!(s.counts().sessions_removed, 2);
+    assert_eq!(s.activity().sessions_removed, 2);
     // The removed sessions' ids are free, and the user's other room is intact.
     s.heartbeat("q", "a", "a1", SEC).await.unwrap();
     assert_eq!(s.list_user("a", false, 0).await.unwrap().len(), 1);
@@ -419,7 +419,7 @@ pub async fn remove_room_user_and_remove_room_end_their_sessions<H: Harness>(h: 
     assert!(listing(&s, "r").await.is_empty());
     assert!(s.list_user("b", false, 0).await.unwrap().is_empty());
     assert_eq!(h.counts(&s).await.0, 2);
-    assert_eq!(s.counts().sessions_removed, 3);
+    assert_eq!(s.activity().sessions_removed, 3);
     // Both are idempotent.
     s.remove_room("r").await.unwrap();
     s.remove_room_user("r", "zed").await.unwrap();
@@ -489,7 +489,7 @@ pub async fn a_big_rooms_burst_is_coalesced_into_one_snapshot_per_window<H: Harn
     s.heartbeat("r", "u0", "s0", SEC).await.unwrap(); // published at once
     h.settle(&s).await;
     assert_eq!(latest(&mut subs[0]).unwrap().total_count, 1);
-    let built = s.counts().snapshots_built;
+    let built = s.activity().snapshots_built;
     for i in 1..200 {
         s.heartbeat("r", &format!("u{i}"), &format!("s{i}"), SEC)
             .await
@@ -505,7 +505,7 @@ pub async fn a_big_rooms_burst_is_coalesced_into_one_snapshot_per_window<H: Harn
     let all = latest(&mut subs[0]).expect("one snapshot at the window's end");
     assert_eq!(all.total_count, 200);
     assert_eq!(
-        s.counts().snapshots_built,
+        s.activity().snapshots_built,
         built + 1,
         "built once for 1000 watchers"
     );

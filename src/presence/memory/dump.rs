@@ -10,7 +10,7 @@ use super::persist::{Restored, RoomState, SessionState, State, UserState};
 use super::room::{Due, Room, Session, User};
 use super::{ttl_ms, Memory, Reservation};
 use crate::presence::clock::Millis;
-use crate::presence::counters::Counters;
+use crate::presence::counters::ActivityCounters;
 use crate::presence::listing::Rank;
 use crate::presence::model::Id;
 
@@ -171,7 +171,7 @@ impl Memory {
                 if let Some(user) = room.users.get_mut(&user_key) {
                     user.sessions += 1;
                 }
-                Counters::bump(&self.shared.counters.sessions_created);
+                ActivityCounters::bump(&self.shared.counters.sessions_created);
                 restored.sessions += 1;
             }
 

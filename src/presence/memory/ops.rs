@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::presence::clock::Millis;
-use crate::presence::counters::Counters;
+use crate::presence::counters::ActivityCounters;
 use crate::presence::hub::{Change, Subscription};
 use crate::presence::listing::{user_rooms_order, Rank};
 use crate::presence::model::{Error, Id, Lease, RoomPresence, Snapshot};
@@ -55,7 +55,7 @@ impl Memory {
                 }
                 // Past its deadline, not swept yet: it is over, as if the
                 // sweeper had just been here; this heartbeat starts anew.
-                Counters::bump(&self.shared.counters.sessions_expired);
+                ActivityCounters::bump(&self.shared.counters.sessions_expired);
                 was_last_online = room.is_last_online(user_id);
                 went_offline = self.end_session(room, &mut shard.purges, session_id, now);
             }
@@ -179,7 +179,7 @@ impl Memory {
                 incarnation,
             },
         );
-        Counters::bump(&self.shared.counters.sessions_created);
+        ActivityCounters::bump(&self.shared.counters.sessions_created);
         self.queue_room(room, &mut shard.deadlines, deadline);
         Ok((
             Lease {
@@ -257,7 +257,7 @@ impl Memory {
                     && incarnation.is_none_or(|i| i == session.incarnation) => {}
             _ => return Ok(()),
         }
-        Counters::bump(&self.shared.counters.sessions_disconnected);
+        ActivityCounters::bump(&self.shared.counters.sessions_disconnected);
         // Closing one of a user's two tabs changes nothing visible.
         if self.end_session(room, &mut shard.purges, session_id, now) {
             self.changed(room, now);
@@ -382,7 +382,7 @@ impl Memory {
                 room.sessions.remove(&id);
                 self.shared.session_index(&id).remove(&id);
                 self.shared.live_sessions.fetch_sub(1, Ordering::Relaxed);
-                Counters::bump(&self.shared.counters.sessions_removed);
+                ActivityCounters::bump(&self.shared.counters.sessions_removed);
             }
         }
         self.unlist_user(&user_key, &room.id, user.sessions, true);
@@ -406,7 +406,7 @@ impl Memory {
         }
         for id in room.sessions.keys() {
             self.shared.session_index(id).remove(id);
-            Counters::bump(&self.shared.counters.sessions_removed);
+            ActivityCounters::bump(&self.shared.counters.sessions_removed);
         }
         self.shared
             .live_sessions

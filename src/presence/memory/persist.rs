@@ -154,7 +154,7 @@ pub enum Loaded {
 
 /// How many writes succeeded or failed; for metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PersistCounts {
+pub struct Writes {
     /// Complete state files written.
     pub writes: u64,
     /// Writes that failed (the previous file is intact).
@@ -362,8 +362,8 @@ impl Persister {
     }
 
     /// Writes so far.
-    pub fn counts(&self) -> PersistCounts {
-        PersistCounts {
+    pub fn writes(&self) -> Writes {
+        Writes {
             writes: self.inner.writes.load(Ordering::Relaxed),
             failures: self.inner.failures.load(Ordering::Relaxed),
             last_success: self.inner.last_success.load(Ordering::Relaxed),
@@ -566,7 +566,7 @@ mod tests {
         let persister = Persister::new(dir.path(), Duration::from_secs(10), before).unwrap();
         let bytes = persister.save().unwrap();
         assert!(bytes > 0);
-        assert_eq!(persister.counts().writes, 1);
+        assert_eq!(persister.writes().writes, 1);
         let good = fs::read(persister.path()).unwrap();
         // One process per directory: a second persister is refused while
         // the first holds it.

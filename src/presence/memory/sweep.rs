@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::presence::clock::Millis;
-use crate::presence::counters::Counters;
+use crate::presence::counters::ActivityCounters;
 use crate::presence::model::Id;
 
 use super::room::{Due, Shard};
@@ -31,7 +31,7 @@ impl Memory {
     /// anything is queued (now, when the budget ran out).
     pub fn sweep(&self) -> Option<Millis> {
         let now = self.shared.clock.now();
-        Counters::bump(&self.shared.counters.sweeps);
+        ActivityCounters::bump(&self.shared.counters.sweeps);
         let mut budget = SWEEP_BUDGET;
         let mut next: Option<Millis> = None;
         for shard in self.shared.rooms.iter() {
@@ -104,7 +104,7 @@ impl Memory {
             *budget -= expired.len();
             let mut went_offline = false;
             for id in &expired {
-                Counters::bump(&self.shared.counters.sessions_expired);
+                ActivityCounters::bump(&self.shared.counters.sessions_expired);
                 went_offline |= self.end_session(room, &mut shard.purges, id, now);
             }
             room.queued = if more {
@@ -151,7 +151,7 @@ impl Memory {
                 continue;
             }
             let user = room.users.remove(&due.key).expect("looked up above");
-            Counters::bump(&self.shared.counters.users_purged);
+            ActivityCounters::bump(&self.shared.counters.users_purged);
             room.order.remove(&user.rank);
             self.unlist_user(&due.key, &room.id, 0, true);
             touched.push(due.room);

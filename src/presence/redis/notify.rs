@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::ops::Op;
 use super::Redis;
-use crate::presence::counters::Counters;
+use crate::presence::counters::ActivityCounters;
 use crate::presence::hub::Change;
 use crate::presence::model::Id;
 
@@ -138,7 +138,7 @@ impl Redis {
                 }
             }
             PushKind::Disconnection => {
-                Counters::bump(&self.shared.counters.notifier_reconnects);
+                ActivityCounters::bump(&self.shared.counters.notifier_reconnects);
                 self.subscribed().clear();
                 tracing::info!(store = %self.describe(), "notification connection lost; reconnecting and resyncing");
             }
@@ -262,14 +262,14 @@ impl Redis {
             let Some(&(seen, total)) = published.get(room) else {
                 continue;
             };
-            Counters::bump(&self.shared.counters.resyncs);
+            ActivityCounters::bump(&self.shared.counters.resyncs);
             let stale = match live {
                 Some(_) => version.unwrap_or(0) != seen,
                 // Nobody in it: stale only if the hub still lists someone.
                 None => total > 0,
             };
             if stale {
-                Counters::bump(&self.shared.counters.resynced_rooms);
+                ActivityCounters::bump(&self.shared.counters.resynced_rooms);
                 self.changed(room.clone());
             }
         }

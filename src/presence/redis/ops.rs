@@ -11,7 +11,7 @@ use super::keys::RoomKeys;
 use super::scripts::{self, Reply, Script};
 use super::Redis;
 use crate::presence::clock::Millis;
-use crate::presence::counters::Counters;
+use crate::presence::counters::ActivityCounters;
 use crate::presence::hub::Subscription;
 use crate::presence::listing::user_rooms_order;
 use crate::presence::model::{Error, Id, Lease, RoomPresence, Snapshot, UserPresence};
@@ -246,11 +246,11 @@ impl Redis {
                 };
                 let room_created = reply.number().map_err(&corrupt)? == 1;
                 let expired = reply.number().map_err(&corrupt)? == 1;
-                Counters::bump(&self.shared.counters.sessions_created);
+                ActivityCounters::bump(&self.shared.counters.sessions_created);
                 if expired {
-                    Counters::bump(&self.shared.counters.sessions_expired);
+                    ActivityCounters::bump(&self.shared.counters.sessions_expired);
                 }
-                // Counts this path guessed wrong (a race with another
+                // Activity this path guessed wrong (a race with another
                 // instance), set right: an expired life ended by a sweeper
                 // meanwhile, a room made or found by someone else.
                 let late_session = replacing && !expired;
@@ -285,7 +285,7 @@ impl Redis {
             "limit" => {
                 let expired = reply.number().map_err(&corrupt)? == 1;
                 if expired {
-                    Counters::bump(&self.shared.counters.sessions_expired);
+                    ActivityCounters::bump(&self.shared.counters.sessions_expired);
                 }
                 self.give_back(&s, &owner, release, u32::from(expired))
                     .await;
@@ -384,7 +384,7 @@ impl Redis {
         Ok((!holder.is_empty()).then_some(holder))
     }
 
-    /// Counts one more session of `user_id` in `room_id` against the
+    /// Activity one more session of `user_id` in `room_id` against the
     /// per-user limits: `Ok(true)` when counted in a room new to the user,
     /// `Ok(false)` when counted, else the limit reached. A `replacing`
     /// session takes the place of its expired life: checked, not counted
@@ -642,7 +642,7 @@ impl Redis {
             )
             .await?;
         if scripts::number(reply).map_err(self.corrupt(room_id))? == 1 {
-            Counters::bump(&self.shared.counters.sessions_disconnected);
+            ActivityCounters::bump(&self.shared.counters.sessions_disconnected);
             self.session_ended(room_id, user_id, session_id).await;
         }
         Ok(())
@@ -719,7 +719,7 @@ impl Redis {
         }
         let owner = format!("{room_id}{US}{user_id}");
         for session_id in &ended {
-            Counters::bump(&self.shared.counters.sessions_removed);
+            ActivityCounters::bump(&self.shared.counters.sessions_removed);
             self.unclaim(session_id, &owner).await;
         }
         self.user_release(user_id, room_id, ended.len() as i64, true)
@@ -759,7 +759,7 @@ impl Redis {
         while !reply.is_empty() {
             let session_id = reply.text().map_err(&corrupt)?;
             let user_id = reply.text().map_err(&corrupt)?;
-            Counters::bump(&self.shared.counters.sessions_removed);
+            ActivityCounters::bump(&self.shared.counters.sessions_removed);
             sessions += 1;
             self.unclaim(&session_id, &format!("{room_id}{US}{user_id}"))
                 .await;

@@ -17,7 +17,7 @@ use super::ops::Op;
 use super::scripts::Reply;
 use super::Redis;
 use crate::presence::clock::Millis;
-use crate::presence::counters::Counters;
+use crate::presence::counters::ActivityCounters;
 
 /// Time between two sweeps: an expired session ends at most this much
 /// after its deadline (plus the room's batching window).
@@ -42,7 +42,7 @@ impl Redis {
     /// or the test clock), and reads the totals; then reads the watched
     /// rooms whose coalescing window has ended.
     pub async fn sweep(&self) {
-        Counters::bump(&self.shared.counters.sweeps);
+        ActivityCounters::bump(&self.shared.counters.sweeps);
         let now = self.now_ms_for_sweep();
         let groups = (0..ROOM_GROUPS).map(|g| self.sweep_group(g, now));
         let totals = futures_util::future::join_all(groups).await;
@@ -142,11 +142,11 @@ impl Redis {
             }
         };
         for (session_id, user_id) in &sessions {
-            Counters::bump(&self.shared.counters.sessions_expired);
+            ActivityCounters::bump(&self.shared.counters.sessions_expired);
             self.session_ended(room_id, user_id, session_id).await;
         }
         for user_id in &purged {
-            Counters::bump(&self.shared.counters.users_purged);
+            ActivityCounters::bump(&self.shared.counters.users_purged);
             self.user_release(user_id, room_id, 0, true).await;
         }
         if deleted {

@@ -1,9 +1,10 @@
-//! Abuse limits that depend on who calls and from where: request rates per
-//! principal and per peer address, and open watch streams per connection and
-//! per principal. A caller over a limit is refused with RESOURCE_EXHAUSTED;
-//! nobody else is slowed or evicted (the counters are per key).
+//! Per-caller quotas: request rates per principal and per peer address, and
+//! open watch streams per connection and per principal. A caller over its
+//! quota is refused with RESOURCE_EXHAUSTED; nobody else is slowed or
+//! evicted (the counters are per key).
 //!
-//! Limits on stored state (sessions, rooms) live in the engine.
+//! Bounds on stored state (sessions, rooms: the engine's `Limits`) live in
+//! the engine.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -65,8 +66,8 @@ pub struct Config {
     pub watches_per_principal: usize,
 }
 
-/// Tracks the limits of [`Config`].
-pub struct Limiter {
+/// Tracks the quotas of [`Config`] for every caller.
+pub struct Quotas {
     config: Config,
     users: Option<DefaultKeyedRateLimiter<Arc<str>>>,
     services: Option<DefaultKeyedRateLimiter<Arc<str>>>,
@@ -88,7 +89,7 @@ fn keyed<K: std::hash::Hash + Eq + Clone>(per_second: u32) -> Option<DefaultKeye
     ))
 }
 
-impl Limiter {
+impl Quotas {
     /// A limiter enforcing `config`.
     pub fn new(config: Config) -> Self {
         Self {
@@ -100,7 +101,7 @@ impl Limiter {
         }
     }
 
-    /// Counts one request of `principal` from `peer` against the rates.
+    /// Activity one request of `principal` from `peer` against the rates.
     pub fn check_rate(
         &self,
         principal: Option<&Principal>,
@@ -163,7 +164,7 @@ impl Limiter {
         }
         *counts.by_principal.entry(owner.clone()).or_default() += 1;
         Ok(WatchPermit {
-            limiter: self.clone(),
+            quotas: self.clone(),
             conn,
             owner,
         })
@@ -185,7 +186,7 @@ impl Limiter {
 
 /// An open watch stream's place in the counts.
 pub struct WatchPermit {
-    limiter: Arc<Limiter>,
+    quotas: Arc<Quotas>,
     conn: Option<SocketAddr>,
     owner: String,
 }
@@ -193,7 +194,7 @@ pub struct WatchPermit {
 impl Drop for WatchPermit {
     fn drop(&mut self) {
         let mut counts = self
-            .limiter
+            .quotas
             .watches
             .lock()
             .unwrap_or_else(|e| e.into_inner());
