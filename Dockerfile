@@ -28,6 +28,10 @@ COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto/ proto/
 COPY third_party/ third_party/
 COPY src/ src/
+# The commit, for the presenced_build_info metric (the context has no .git):
+# docker build --build-arg PRESENCED_GIT_REVISION=$(git rev-parse --short=12 HEAD) .
+ARG PRESENCED_GIT_REVISION=unknown
+ENV PRESENCED_GIT_REVISION=${PRESENCED_GIT_REVISION}
 # The registry and target directories are build caches: a rebuild after a
 # source change recompiles presenced, not its dependencies.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \

@@ -48,9 +48,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `PRESENCED_GIT_REVISION` for the `presenced_build_info` metric: the
-/// commit checked out when it was built, or `unknown` outside a git
-/// checkout (a source tarball).
+/// environment's `PRESENCED_GIT_REVISION` if set (a container build, whose
+/// context has no `.git`), else the commit checked out when it was built,
+/// else `unknown` (a source tarball).
 fn git_revision() {
+    println!("cargo:rerun-if-env-changed=PRESENCED_GIT_REVISION");
+    if let Ok(given) = std::env::var("PRESENCED_GIT_REVISION") {
+        println!("cargo:rustc-env=PRESENCED_GIT_REVISION={given}");
+        return;
+    }
     let git = |args: &[&str]| {
         std::process::Command::new("git")
             .args(args)

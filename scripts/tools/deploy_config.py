@@ -35,9 +35,7 @@ from pathlib import Path
 
 import yaml
 
-PENDING = {
-    "PRESENCE_STORE": "issue #11, the Redis store (--store)",
-}
+PENDING = {}
 
 SECRET_VALUES = {
     # secretKeyRef key -> a valid value for --check-config
