@@ -14,7 +14,8 @@
 //! Names (all prefixed `presenced_` except the standard `process_*`):
 //! `build_info`, `rpc_started_total`, `rpc_handled_total`,
 //! `rpc_duration_seconds`, `requests_rejected_total`, `store_errors_total`,
-//! `store_up`, `sessions`, `online_users`, `rooms`, `watch_streams`,
+//! `store_up`, `sessions`, `online_users`, `rooms`, `watched_rooms`,
+//! `watch_streams`,
 //! `sessions_created_total`, `sessions_ended_total`, `users_purged_total`,
 //! `snapshots_built_total`, `snapshots_delivered_total`,
 //! `snapshots_coalesced_total`, `sweeps_total`, `store_resyncs_total`,
@@ -204,8 +205,14 @@ impl Collector for EngineCollector {
         gauge(
             &mut enc,
             "presenced_rooms",
-            "Rooms held (with users or watchers)",
+            "Rooms with users, in all (with Redis: as of this instance's last sweep)",
             stats.rooms as i64,
+        )?;
+        gauge(
+            &mut enc,
+            "presenced_watched_rooms",
+            "Rooms watched by this instance's watch streams",
+            stats.watched_rooms as i64,
         )?;
         gauge(
             &mut enc,

@@ -255,6 +255,7 @@ async fn counters_and_gauges_follow_a_scripted_workload() {
     assert_eq!(get(&m, "presenced_online_users"), 12.0);
     assert_eq!(get(&m, "presenced_rooms"), 1.0);
     assert_eq!(get(&m, "presenced_watch_streams"), 1.0);
+    assert_eq!(get(&m, "presenced_watched_rooms"), 1.0);
     assert_eq!(get(&m, "presenced_sessions_created_total"), 14.0);
     assert_eq!(
         get(&m, "presenced_sessions_ended_total{reason=\"disconnect\"}"),
@@ -293,6 +294,7 @@ async fn counters_and_gauges_follow_a_scripted_workload() {
     );
     let m = scrape(server.admin).await;
     assert_eq!(get(&m, "presenced_watch_streams"), 0.0);
+    assert_eq!(get(&m, "presenced_watched_rooms"), 0.0);
     assert_eventually!(
         scrape(server.admin)
             .await
