@@ -32,17 +32,20 @@ type HeartbeatRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// Room id, any non-empty string (for example `chat:42`); at most 256 bytes
-	// by default.
+	// Room id, any non-empty string without control characters (for example
+	// `chat:42`); at most 256 bytes by default.
 	RoomId string `protobuf:"bytes,1,opt,name=room_id,json=roomId,proto3" json:"room_id,omitempty"`
-	// User id, any non-empty string; at most 256 bytes by default.
+	// User id, any non-empty string without control characters; at most 256
+	// bytes by default.
 	UserId string `protobuf:"bytes,2,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Client-chosen session id (one per tab or device, a UUID is a good
 	// choice), unique for its (room, user); at most 256 bytes by default.
 	SessionId string `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// How often the client heartbeats, from 1 s to 10 min. The session ends
-	// 2.5 × interval after its last heartbeat (a room's expired sessions are
-	// ended together, at most one snapshot interval, 50 ms by default, late).
+	// 2.5 × interval after its last heartbeat, and a deadline is final: a
+	// heartbeat after it starts a new session. Expired sessions are ended soon
+	// after (within one snapshot interval, 50 ms by default, in memory; within
+	// 250 ms more with Redis).
 	Interval *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
 }
 
@@ -116,7 +119,10 @@ type HeartbeatResponse struct {
 	// the room, so all watchers share one snapshot.
 	RoomToken string `protobuf:"bytes,1,opt,name=room_token,json=roomToken,proto3" json:"room_token,omitempty"`
 	// Capability to Disconnect this one session (what a browser sends with
-	// `navigator.sendBeacon` when the tab closes).
+	// `navigator.sendBeacon` when the tab closes). It names this life of the
+	// session: once the session has ended, it cannot end a newer one with the
+	// same id. It expires one minute after the deadline this heartbeat set;
+	// every heartbeat returns a fresh one.
 	SessionToken string `protobuf:"bytes,2,opt,name=session_token,json=sessionToken,proto3" json:"session_token,omitempty"`
 }
 

@@ -32,7 +32,9 @@ type PresenceServiceClient interface {
 	// Streams the room's snapshot: the current one at once, then a new one each
 	// time the listing changes (join, leave, data change, removal), never on a
 	// plain heartbeat. A slow reader gets the latest snapshot, skipping stale
-	// ones; bursts of changes are coalesced.
+	// ones. Bursts of changes are coalesced: a room sends at most one snapshot
+	// per window, which is 0 for a small room and grows with its watchers and
+	// users up to the snapshot interval (50 ms by default).
 	WatchRoom(ctx context.Context, in *WatchRoomRequest, opts ...grpc.CallOption) (PresenceService_WatchRoomClient, error)
 	// Lists the rooms where a user has presence, online rooms first, then
 	// offline rooms most recently disconnected first.
@@ -182,7 +184,9 @@ type PresenceServiceServer interface {
 	// Streams the room's snapshot: the current one at once, then a new one each
 	// time the listing changes (join, leave, data change, removal), never on a
 	// plain heartbeat. A slow reader gets the latest snapshot, skipping stale
-	// ones; bursts of changes are coalesced.
+	// ones. Bursts of changes are coalesced: a room sends at most one snapshot
+	// per window, which is 0 for a small room and grows with its watchers and
+	// users up to the snapshot interval (50 ms by default).
 	WatchRoom(*WatchRoomRequest, PresenceService_WatchRoomServer) error
 	// Lists the rooms where a user has presence, online rooms first, then
 	// offline rooms most recently disconnected first.

@@ -13,6 +13,16 @@ class PresenceServiceStub(object):
     one session. Calls that name a room or user by id (ListRoom, RemoveRoomUser,
     RemoveRoom, ListUser and UpdateRoomUser for other users) are meant for
     trusted backends.
+
+    Several instances sharing one Redis serve the same state: any call may go
+    to any instance, and a watcher on one sees changes made through another.
+
+    Errors: INVALID_ARGUMENT (an id, size, interval or token that is not
+    well-formed; the message names the field and the limit), UNAUTHENTICATED
+    (a token this service did not sign, or expired), PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED (a bound on stored state or a rate; nothing changed),
+    UNAVAILABLE (the server is shutting down or its store is unreachable; safe
+    to retry), INTERNAL (stored data this build cannot read).
     """
 
     def __init__(self, channel):
@@ -76,6 +86,16 @@ class PresenceServiceServicer(object):
     one session. Calls that name a room or user by id (ListRoom, RemoveRoomUser,
     RemoveRoom, ListUser and UpdateRoomUser for other users) are meant for
     trusted backends.
+
+    Several instances sharing one Redis serve the same state: any call may go
+    to any instance, and a watcher on one sees changes made through another.
+
+    Errors: INVALID_ARGUMENT (an id, size, interval or token that is not
+    well-formed; the message names the field and the limit), UNAUTHENTICATED
+    (a token this service did not sign, or expired), PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED (a bound on stored state or a rate; nothing changed),
+    UNAVAILABLE (the server is shutting down or its store is unreachable; safe
+    to retry), INTERNAL (stored data this build cannot read).
     """
 
     def Heartbeat(self, request, context):
@@ -109,7 +129,9 @@ class PresenceServiceServicer(object):
         """Streams the room's snapshot: the current one at once, then a new one each
         time the listing changes (join, leave, data change, removal), never on a
         plain heartbeat. A slow reader gets the latest snapshot, skipping stale
-        ones; bursts of changes are coalesced.
+        ones. Bursts of changes are coalesced: a room sends at most one snapshot
+        per window, which is 0 for a small room and grows with its watchers and
+        users up to the snapshot interval (50 ms by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,6 +240,16 @@ class PresenceService(object):
     one session. Calls that name a room or user by id (ListRoom, RemoveRoomUser,
     RemoveRoom, ListUser and UpdateRoomUser for other users) are meant for
     trusted backends.
+
+    Several instances sharing one Redis serve the same state: any call may go
+    to any instance, and a watcher on one sees changes made through another.
+
+    Errors: INVALID_ARGUMENT (an id, size, interval or token that is not
+    well-formed; the message names the field and the limit), UNAUTHENTICATED
+    (a token this service did not sign, or expired), PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED (a bound on stored state or a rate; nothing changed),
+    UNAVAILABLE (the server is shutting down or its store is unreachable; safe
+    to retry), INTERNAL (stored data this build cannot read).
     """
 
     @staticmethod

@@ -36,6 +36,16 @@ class PresenceServiceStub:
     one session. Calls that name a room or user by id (ListRoom, RemoveRoomUser,
     RemoveRoom, ListUser and UpdateRoomUser for other users) are meant for
     trusted backends.
+
+    Several instances sharing one Redis serve the same state: any call may go
+    to any instance, and a watcher on one sees changes made through another.
+
+    Errors: INVALID_ARGUMENT (an id, size, interval or token that is not
+    well-formed; the message names the field and the limit), UNAUTHENTICATED
+    (a token this service did not sign, or expired), PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED (a bound on stored state or a rate; nothing changed),
+    UNAVAILABLE (the server is shutting down or its store is unreachable; safe
+    to retry), INTERNAL (stored data this build cannot read).
     """
 
     @_typing.overload
@@ -61,7 +71,9 @@ class PresenceServiceStub:
     """Streams the room's snapshot: the current one at once, then a new one each
     time the listing changes (join, leave, data change, removal), never on a
     plain heartbeat. A slow reader gets the latest snapshot, skipping stale
-    ones; bursts of changes are coalesced.
+    ones. Bursts of changes are coalesced: a room sends at most one snapshot
+    per window, which is 0 for a small room and grows with its watchers and
+    users up to the snapshot interval (50 ms by default).
     """
     ListUser: _grpc.UnaryUnaryMultiCallable[_presence_pb2.ListUserRequest, _presence_pb2.ListUserResponse]
     """Lists the rooms where a user has presence, online rooms first, then
@@ -92,6 +104,16 @@ class PresenceServiceAsyncStub(PresenceServiceStub):
     one session. Calls that name a room or user by id (ListRoom, RemoveRoomUser,
     RemoveRoom, ListUser and UpdateRoomUser for other users) are meant for
     trusted backends.
+
+    Several instances sharing one Redis serve the same state: any call may go
+    to any instance, and a watcher on one sees changes made through another.
+
+    Errors: INVALID_ARGUMENT (an id, size, interval or token that is not
+    well-formed; the message names the field and the limit), UNAUTHENTICATED
+    (a token this service did not sign, or expired), PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED (a bound on stored state or a rate; nothing changed),
+    UNAVAILABLE (the server is shutting down or its store is unreachable; safe
+    to retry), INTERNAL (stored data this build cannot read).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -114,7 +136,9 @@ class PresenceServiceAsyncStub(PresenceServiceStub):
     """Streams the room's snapshot: the current one at once, then a new one each
     time the listing changes (join, leave, data change, removal), never on a
     plain heartbeat. A slow reader gets the latest snapshot, skipping stale
-    ones; bursts of changes are coalesced.
+    ones. Bursts of changes are coalesced: a room sends at most one snapshot
+    per window, which is 0 for a small room and grows with its watchers and
+    users up to the snapshot interval (50 ms by default).
     """
     ListUser: _aio.UnaryUnaryMultiCallable[_presence_pb2.ListUserRequest, _presence_pb2.ListUserResponse]  # type: ignore[assignment]
     """Lists the rooms where a user has presence, online rooms first, then
@@ -144,6 +168,16 @@ class PresenceServiceServicer(metaclass=_abc_1.ABCMeta):
     one session. Calls that name a room or user by id (ListRoom, RemoveRoomUser,
     RemoveRoom, ListUser and UpdateRoomUser for other users) are meant for
     trusted backends.
+
+    Several instances sharing one Redis serve the same state: any call may go
+    to any instance, and a watcher on one sees changes made through another.
+
+    Errors: INVALID_ARGUMENT (an id, size, interval or token that is not
+    well-formed; the message names the field and the limit), UNAUTHENTICATED
+    (a token this service did not sign, or expired), PERMISSION_DENIED,
+    RESOURCE_EXHAUSTED (a bound on stored state or a rate; nothing changed),
+    UNAVAILABLE (the server is shutting down or its store is unreachable; safe
+    to retry), INTERNAL (stored data this build cannot read).
     """
 
     @_abc_1.abstractmethod
@@ -188,7 +222,9 @@ class PresenceServiceServicer(metaclass=_abc_1.ABCMeta):
         """Streams the room's snapshot: the current one at once, then a new one each
         time the listing changes (join, leave, data change, removal), never on a
         plain heartbeat. A slow reader gets the latest snapshot, skipping stale
-        ones; bursts of changes are coalesced.
+        ones. Bursts of changes are coalesced: a room sends at most one snapshot
+        per window, which is 0 for a small room and grows with its watchers and
+        users up to the snapshot interval (50 ms by default).
         """
 
     @_abc_1.abstractmethod

@@ -15,7 +15,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file presence/v1/presence.proto.
  */
 export const file_presence_v1_presence: GenFile = /*@__PURE__*/
-  fileDesc("ChpwcmVzZW5jZS92MS9wcmVzZW5jZS5wcm90bxILcHJlc2VuY2UudjEidQoQSGVhcnRiZWF0UmVxdWVzdBIPCgdyb29tX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIrCghpbnRlcnZhbBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI+ChFIZWFydGJlYXRSZXNwb25zZRISCgpyb29tX3Rva2VuGAEgASgJEhUKDXNlc3Npb25fdG9rZW4YAiABKAkiKgoRRGlzY29ubmVjdFJlcXVlc3QSFQoNc2Vzc2lvbl90b2tlbhgBIAEoCSIUChJEaXNjb25uZWN0UmVzcG9uc2UiMAoLTGlzdFJlcXVlc3QSEgoKcm9vbV90b2tlbhgBIAEoCRINCgVsaW1pdBgCIAEoDSI7CgxMaXN0UmVzcG9uc2USKwoIc25hcHNob3QYASABKAsyGS5wcmVzZW5jZS52MS5Sb29tU25hcHNob3QiNQoQV2F0Y2hSb29tUmVxdWVzdBISCgpyb29tX3Rva2VuGAEgASgJEg0KBWxpbWl0GAIgASgNIkAKEVdhdGNoUm9vbVJlc3BvbnNlEisKCHNuYXBzaG90GAEgASgLMhkucHJlc2VuY2UudjEuUm9vbVNuYXBzaG90IkYKD0xpc3RVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhMKC29ubGluZV9vbmx5GAIgASgIEg0KBWxpbWl0GAMgASgNIjwKEExpc3RVc2VyUmVzcG9uc2USKAoFcm9vbXMYASADKAsyGS5wcmVzZW5jZS52MS5Sb29tUHJlc2VuY2UiYAoVVXBkYXRlUm9vbVVzZXJSZXF1ZXN0Eg8KB3Jvb21faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIlCgRkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCIYChZVcGRhdGVSb29tVXNlclJlc3BvbnNlIkYKD0xpc3RSb29tUmVxdWVzdBIPCgdyb29tX2lkGAEgASgJEhMKC29ubGluZV9vbmx5GAIgASgIEg0KBWxpbWl0GAMgASgNIj8KEExpc3RSb29tUmVzcG9uc2USKwoIc25hcHNob3QYASABKAsyGS5wcmVzZW5jZS52MS5Sb29tU25hcHNob3QiOQoVUmVtb3ZlUm9vbVVzZXJSZXF1ZXN0Eg8KB3Jvb21faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSIYChZSZW1vdmVSb29tVXNlclJlc3BvbnNlIiQKEVJlbW92ZVJvb21SZXF1ZXN0Eg8KB3Jvb21faWQYASABKAkiFAoSUmVtb3ZlUm9vbVJlc3BvbnNlIoUBCgxSb29tU25hcHNob3QSDwoHcm9vbV9pZBgBIAEoCRIoCgV1c2VycxgCIAMoCzIZLnByZXNlbmNlLnYxLlVzZXJQcmVzZW5jZRIUCgxvbmxpbmVfY291bnQYAyABKA0SEwoLdG90YWxfY291bnQYBCABKA0SDwoHdmVyc2lvbhgFIAEoBCKNAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEjUKEWxhc3RfZGlzY29ubmVjdGVkGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgRkYXRhGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCJmCgxSb29tUHJlc2VuY2USDwoHcm9vbV9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSNQoRbGFzdF9kaXNjb25uZWN0ZWQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMs4FCg9QcmVzZW5jZVNlcnZpY2USSgoJSGVhcnRiZWF0Eh0ucHJlc2VuY2UudjEuSGVhcnRiZWF0UmVxdWVzdBoeLnByZXNlbmNlLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEk0KCkRpc2Nvbm5lY3QSHi5wcmVzZW5jZS52MS5EaXNjb25uZWN0UmVxdWVzdBofLnByZXNlbmNlLnYxLkRpc2Nvbm5lY3RSZXNwb25zZRI7CgRMaXN0EhgucHJlc2VuY2UudjEuTGlzdFJlcXVlc3QaGS5wcmVzZW5jZS52MS5MaXN0UmVzcG9uc2USTAoJV2F0Y2hSb29tEh0ucHJlc2VuY2UudjEuV2F0Y2hSb29tUmVxdWVzdBoeLnByZXNlbmNlLnYxLldhdGNoUm9vbVJlc3BvbnNlMAESRwoITGlzdFVzZXISHC5wcmVzZW5jZS52MS5MaXN0VXNlclJlcXVlc3QaHS5wcmVzZW5jZS52MS5MaXN0VXNlclJlc3BvbnNlElkKDlVwZGF0ZVJvb21Vc2VyEiIucHJlc2VuY2UudjEuVXBkYXRlUm9vbVVzZXJSZXF1ZXN0GiMucHJlc2VuY2UudjEuVXBkYXRlUm9vbVVzZXJSZXNwb25zZRJHCghMaXN0Um9vbRIcLnByZXNlbmNlLnYxLkxpc3RSb29tUmVxdWVzdBodLnByZXNlbmNlLnYxLkxpc3RSb29tUmVzcG9uc2USWQoOUmVtb3ZlUm9vbVVzZXISIi5wcmVzZW5jZS52MS5SZW1vdmVSb29tVXNlclJlcXVlc3QaIy5wcmVzZW5jZS52MS5SZW1vdmVSb29tVXNlclJlc3BvbnNlEk0KClJlbW92ZVJvb20SHi5wcmVzZW5jZS52MS5SZW1vdmVSb29tUmVxdWVzdBofLnByZXNlbmNlLnYxLlJlbW92ZVJvb21SZXNwb25zZUIsWipwcmVzZW5jZWQvY2xpZW50cy9nby9wcmVzZW5jZXYxO3ByZXNlbmNldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChpwcmVzZW5jZS92MS9wcmVzZW5jZS5wcm90bxILcHJlc2VuY2UudjEidQoQSGVhcnRiZWF0UmVxdWVzdBIPCgdyb29tX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIrCghpbnRlcnZhbBgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiI+ChFIZWFydGJlYXRSZXNwb25zZRISCgpyb29tX3Rva2VuGAEgASgJEhUKDXNlc3Npb25fdG9rZW4YAiABKAkiKgoRRGlzY29ubmVjdFJlcXVlc3QSFQoNc2Vzc2lvbl90b2tlbhgBIAEoCSIUChJEaXNjb25uZWN0UmVzcG9uc2UiMAoLTGlzdFJlcXVlc3QSEgoKcm9vbV90b2tlbhgBIAEoCRINCgVsaW1pdBgCIAEoDSI7CgxMaXN0UmVzcG9uc2USKwoIc25hcHNob3QYASABKAsyGS5wcmVzZW5jZS52MS5Sb29tU25hcHNob3QiNQoQV2F0Y2hSb29tUmVxdWVzdBISCgpyb29tX3Rva2VuGAEgASgJEg0KBWxpbWl0GAIgASgNIkAKEVdhdGNoUm9vbVJlc3BvbnNlEisKCHNuYXBzaG90GAEgASgLMhkucHJlc2VuY2UudjEuUm9vbVNuYXBzaG90IkYKD0xpc3RVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhMKC29ubGluZV9vbmx5GAIgASgIEg0KBWxpbWl0GAMgASgNIjwKEExpc3RVc2VyUmVzcG9uc2USKAoFcm9vbXMYASADKAsyGS5wcmVzZW5jZS52MS5Sb29tUHJlc2VuY2UiYAoVVXBkYXRlUm9vbVVzZXJSZXF1ZXN0Eg8KB3Jvb21faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIlCgRkYXRhGAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCIYChZVcGRhdGVSb29tVXNlclJlc3BvbnNlIkYKD0xpc3RSb29tUmVxdWVzdBIPCgdyb29tX2lkGAEgASgJEhMKC29ubGluZV9vbmx5GAIgASgIEg0KBWxpbWl0GAMgASgNIj8KEExpc3RSb29tUmVzcG9uc2USKwoIc25hcHNob3QYASABKAsyGS5wcmVzZW5jZS52MS5Sb29tU25hcHNob3QiOQoVUmVtb3ZlUm9vbVVzZXJSZXF1ZXN0Eg8KB3Jvb21faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCSIYChZSZW1vdmVSb29tVXNlclJlc3BvbnNlIiQKEVJlbW92ZVJvb21SZXF1ZXN0Eg8KB3Jvb21faWQYASABKAkiFAoSUmVtb3ZlUm9vbVJlc3BvbnNlIoUBCgxSb29tU25hcHNob3QSDwoHcm9vbV9pZBgBIAEoCRIoCgV1c2VycxgCIAMoCzIZLnByZXNlbmNlLnYxLlVzZXJQcmVzZW5jZRIUCgxvbmxpbmVfY291bnQYAyABKA0SEwoLdG90YWxfY291bnQYBCABKA0SDwoHdmVyc2lvbhgFIAEoBCKNAQoMVXNlclByZXNlbmNlEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEjUKEWxhc3RfZGlzY29ubmVjdGVkGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIlCgRkYXRhGAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdCJmCgxSb29tUHJlc2VuY2USDwoHcm9vbV9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSNQoRbGFzdF9kaXNjb25uZWN0ZWQYAyABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wMs4FCg9QcmVzZW5jZVNlcnZpY2USSgoJSGVhcnRiZWF0Eh0ucHJlc2VuY2UudjEuSGVhcnRiZWF0UmVxdWVzdBoeLnByZXNlbmNlLnYxLkhlYXJ0YmVhdFJlc3BvbnNlEk0KCkRpc2Nvbm5lY3QSHi5wcmVzZW5jZS52MS5EaXNjb25uZWN0UmVxdWVzdBofLnByZXNlbmNlLnYxLkRpc2Nvbm5lY3RSZXNwb25zZRI7CgRMaXN0EhgucHJlc2VuY2UudjEuTGlzdFJlcXVlc3QaGS5wcmVzZW5jZS52MS5MaXN0UmVzcG9uc2USTAoJV2F0Y2hSb29tEh0ucHJlc2VuY2UudjEuV2F0Y2hSb29tUmVxdWVzdBoeLnByZXNlbmNlLnYxLldhdGNoUm9vbVJlc3BvbnNlMAESRwoITGlzdFVzZXISHC5wcmVzZW5jZS52MS5MaXN0VXNlclJlcXVlc3QaHS5wcmVzZW5jZS52MS5MaXN0VXNlclJlc3BvbnNlElkKDlVwZGF0ZVJvb21Vc2VyEiIucHJlc2VuY2UudjEuVXBkYXRlUm9vbVVzZXJSZXF1ZXN0GiMucHJlc2VuY2UudjEuVXBkYXRlUm9vbVVzZXJSZXNwb25zZRJHCghMaXN0Um9vbRIcLnByZXNlbmNlLnYxLkxpc3RSb29tUmVxdWVzdBodLnByZXNlbmNlLnYxLkxpc3RSb29tUmVzcG9uc2USWQoOUmVtb3ZlUm9vbVVzZXISIi5wcmVzZW5jZS52MS5SZW1vdmVSb29tVXNlclJlcXVlc3QaIy5wcmVzZW5jZS52MS5SZW1vdmVSb29tVXNlclJlc3BvbnNlEk0KClJlbW92ZVJvb20SHi5wcmVzZW5jZS52MS5SZW1vdmVSb29tUmVxdWVzdBofLnByZXNlbmNlLnYxLlJlbW92ZVJvb21SZXNwb25zZUJBWj9naXRodWIuY29tL3ByZXNlbmNlZC9wcmVzZW5jZWQvY2xpZW50cy9nby9wcmVzZW5jZXYxO3ByZXNlbmNldjFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * A heartbeat for one client session.
@@ -24,15 +24,16 @@ export const file_presence_v1_presence: GenFile = /*@__PURE__*/
  */
 export type HeartbeatRequest = Message<"presence.v1.HeartbeatRequest"> & {
   /**
-   * Room id, any non-empty string (for example `chat:42`); at most 256 bytes
-   * by default.
+   * Room id, any non-empty string without control characters (for example
+   * `chat:42`); at most 256 bytes by default.
    *
    * @generated from field: string room_id = 1;
    */
   roomId: string;
 
   /**
-   * User id, any non-empty string; at most 256 bytes by default.
+   * User id, any non-empty string without control characters; at most 256
+   * bytes by default.
    *
    * @generated from field: string user_id = 2;
    */
@@ -48,8 +49,10 @@ export type HeartbeatRequest = Message<"presence.v1.HeartbeatRequest"> & {
 
   /**
    * How often the client heartbeats, from 1 s to 10 min. The session ends
-   * 2.5 × interval after its last heartbeat (a room's expired sessions are
-   * ended together, at most one snapshot interval, 50 ms by default, late).
+   * 2.5 × interval after its last heartbeat, and a deadline is final: a
+   * heartbeat after it starts a new session. Expired sessions are ended soon
+   * after (within one snapshot interval, 50 ms by default, in memory; within
+   * 250 ms more with Redis).
    *
    * @generated from field: google.protobuf.Duration interval = 4;
    */
@@ -79,7 +82,10 @@ export type HeartbeatResponse = Message<"presence.v1.HeartbeatResponse"> & {
 
   /**
    * Capability to Disconnect this one session (what a browser sends with
-   * `navigator.sendBeacon` when the tab closes).
+   * `navigator.sendBeacon` when the tab closes). It names this life of the
+   * session: once the session has ended, it cannot end a newer one with the
+   * same id. It expires one minute after the deadline this heartbeat set;
+   * every heartbeat returns a fresh one.
    *
    * @generated from field: string session_token = 2;
    */
@@ -612,6 +618,16 @@ export const RoomPresenceSchema: GenMessage<RoomPresence> = /*@__PURE__*/
  * RemoveRoom, ListUser and UpdateRoomUser for other users) are meant for
  * trusted backends.
  *
+ * Several instances sharing one Redis serve the same state: any call may go
+ * to any instance, and a watcher on one sees changes made through another.
+ *
+ * Errors: INVALID_ARGUMENT (an id, size, interval or token that is not
+ * well-formed; the message names the field and the limit), UNAUTHENTICATED
+ * (a token this service did not sign, or expired), PERMISSION_DENIED,
+ * RESOURCE_EXHAUSTED (a bound on stored state or a rate; nothing changed),
+ * UNAVAILABLE (the server is shutting down or its store is unreachable; safe
+ * to retry), INTERNAL (stored data this build cannot read).
+ *
  * @generated from service presence.v1.PresenceService
  */
 export const PresenceService: GenService<{
@@ -655,7 +671,9 @@ export const PresenceService: GenService<{
    * Streams the room's snapshot: the current one at once, then a new one each
    * time the listing changes (join, leave, data change, removal), never on a
    * plain heartbeat. A slow reader gets the latest snapshot, skipping stale
-   * ones; bursts of changes are coalesced.
+   * ones. Bursts of changes are coalesced: a room sends at most one snapshot
+   * per window, which is 0 for a small room and grows with its watchers and
+   * users up to the snapshot interval (50 ms by default).
    *
    * @generated from rpc presence.v1.PresenceService.WatchRoom
    */
