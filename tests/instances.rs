@@ -28,6 +28,11 @@ async fn three(url: &str, extra: &[&str]) -> Vec<Instance> {
         &prefix,
         "--token-key",
         KEY,
+        // Three servers, a Cluster and hundreds of calls share two cores
+        // with the other tests: a slow call is not an outage here (the
+        // outage tests set their own, short, timeout).
+        "--store-timeout",
+        "5s",
     ];
     args.extend_from_slice(extra);
     let mut out = Vec::new();
@@ -292,6 +297,8 @@ async fn watchers_converge_after_their_subscriptions_are_killed(redis: &RedisSer
         KEY,
         "--store-resync-interval",
         "1s",
+        "--store-timeout",
+        "5s",
     ];
     let a = Instance::start(&args).await;
     let b = Instance::start(&args).await;
