@@ -25,7 +25,11 @@ impl RedisServer {
     }
 
     fn spawn(cluster: bool) -> Self {
-        let port = super::free_port();
+        let port = if cluster {
+            free_cluster_port()
+        } else {
+            super::free_port()
+        };
         let dir =
             std::env::temp_dir().join(format!("presenced-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -67,6 +71,17 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "redis-server on port {} exited at start ({status}): port or cluster bus port {} taken?",
+                    self.port,
+                    u32::from(self.port) + 10_000
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "redis-server did not listen on {}",
@@ -196,4 +211,21 @@ fn watchdog(pid: u32) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn();
+}
+
+/// A port for a Cluster node: free, and so is its cluster bus port
+/// (port + 10 000), which stays below Linux's ephemeral range (32768 and
+/// up) so that no outgoing connection can be holding it.
+fn free_cluster_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 90) * 30;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 20_000 + ((start + n) % 2_768) as u16;
+        let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
 }
