@@ -6,6 +6,7 @@
 //! end each session once and the loser finds nothing to do. Each pass
 //! also reads the groups' totals for the live-count metrics.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use redis::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::ROOM_GROUPS;
-use super::ops::Op;
+use super::ops::{Op, US};
 use super::scripts::Reply;
 use super::Redis;
 use crate::presence::clock::Millis;
@@ -141,17 +142,36 @@ impl Redis {
                 return;
             }
         };
-        for (session_id, user_id) in &sessions {
+        // The second steps of everything the script ended, at once: one
+        // claim release per session, one index update per user, one totals
+        // update for the room (a mass expiry is many sessions per room).
+        let mut per_user: HashMap<&str, i64> = HashMap::new();
+        for (_, user_id) in &sessions {
             ActivityCounters::bump(&self.shared.counters.sessions_expired);
-            self.session_ended(room_id, user_id, session_id).await;
+            *per_user.entry(user_id.as_str()).or_default() += 1;
         }
-        for user_id in &purged {
+        let unclaims = sessions.iter().map(|(session_id, user_id)| async move {
+            self.unclaim(session_id, &format!("{room_id}{US}{user_id}"))
+                .await
+        });
+        let releases = per_user
+            .iter()
+            .map(|(user_id, n)| self.user_release(user_id, room_id, *n, false));
+        tokio::join!(
+            futures_util::future::join_all(unclaims),
+            futures_util::future::join_all(releases),
+            async {
+                if !sessions.is_empty() || deleted {
+                    self.totals_release(sessions.len() as i64, i64::from(deleted))
+                        .await;
+                }
+            },
+        );
+        let purges = purged.iter().map(|user_id| {
             ActivityCounters::bump(&self.shared.counters.users_purged);
-            self.user_release(user_id, room_id, 0, true).await;
-        }
-        if deleted {
-            self.totals_release(0, 1).await;
-        }
+            self.user_release(user_id, room_id, 0, true)
+        });
+        futures_util::future::join_all(purges).await;
     }
 }
 
