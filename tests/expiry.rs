@@ -118,7 +118,58 @@ async fn offline_users_are_forgotten_after_the_retention() {
     assert!(rooms.is_empty(), "{rooms:?}");
 }
 
+/// Many sessions of one room lapsing together (a client fleet losing its
+/// network) end in one go: more than one expiry call can end with Redis,
+/// and the counts behind the global limits come back to zero.
+async fn a_crowd_that_lapses_at_once_goes_offline_at_once() {
+    const CROWD: usize = 400;
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let watcher = join(&mut client, "crowd", "watcher", "w").await; // 10 s interval
+    let mut stream = client
+        .watch_room(pb::WatchRoomRequest {
+            room_token: watcher.room_token,
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    stream.message().await.unwrap().unwrap();
+    let joins = (0..CROWD).map(|i| {
+        let mut client = client.clone();
+        async move {
+            client
+                .heartbeat(heartbeat("crowd", &format!("u{i}"), &format!("s{i}"), 1))
+                .await
+                .unwrap();
+        }
+    });
+    futures_util::future::join_all(joins).await;
+    let last_heartbeat = Instant::now();
+    assert_eq!(server.totals().await, (CROWD + 1, 1));
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(8), stream.message())
+            .await
+            .expect("the expiry is published")
+            .unwrap()
+            .unwrap();
+        let snap = msg.snapshot.unwrap();
+        if snap.online_count == 1 {
+            let elapsed = last_heartbeat.elapsed();
+            assert!(elapsed <= Duration::from_millis(4000), "late: {elapsed:?}");
+            assert_eq!(snap.total_count as usize, CROWD + 1, "all listed offline");
+            break;
+        }
+    }
+    assert_eventually!(
+        server.totals().await == (1, 1),
+        Duration::from_secs(3),
+        "the counts behind --max-sessions and --max-rooms follow the expiry"
+    );
+}
+
 every_store!(
+    a_crowd_that_lapses_at_once_goes_offline_at_once,
     offline_users_are_forgotten_after_the_retention,
     a_silent_session_goes_offline_between_2_5_and_3_5_intervals,
 );

@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::Value;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::keys::ROOM_GROUPS;
@@ -25,6 +26,15 @@ use crate::presence::counters::ActivityCounters;
 pub const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Due rooms read from one group per round trip.
 const DUE_PER_READ: usize = 128;
+/// Expiry scripts one instance has in flight at most (with their second
+/// steps). Redis runs scripts one at a time: more in flight only queues
+/// the other calls behind them (a mass expiry would hold heartbeats past
+/// `--store-timeout`); this many keep it busy.
+const EXPIRES_IN_FLIGHT: usize = 8;
+/// Sessions one expiry script ends at most (and offline users it purges),
+/// about 4 ms of Redis's time; a room with more stays due and is swept
+/// again at once.
+const EXPIRE_BATCH: usize = 128;
 
 impl Redis {
     /// Sweeps until `shutdown`.
@@ -45,7 +55,8 @@ impl Redis {
     pub async fn sweep(&self) {
         ActivityCounters::bump(&self.shared.counters.sweeps);
         let now = self.now_ms_for_sweep();
-        let groups = (0..ROOM_GROUPS).map(|g| self.sweep_group(g, now));
+        let slots = Semaphore::new(EXPIRES_IN_FLIGHT);
+        let groups = (0..ROOM_GROUPS).map(|g| self.sweep_group(g, now, &slots));
         let totals = futures_util::future::join_all(groups).await;
         let mut sum = [0u64; 3];
         let mut complete = true;
@@ -72,7 +83,7 @@ impl Redis {
     }
 
     /// Sweeps one group; returns its totals (sessions, rooms, online).
-    async fn sweep_group(&self, g: u64, now: Millis) -> Option<[u64; 3]> {
+    async fn sweep_group(&self, g: u64, now: Millis, slots: &Semaphore) -> Option<[u64; 3]> {
         let (due, totals) = self.shared.keys.group(g);
         loop {
             let (d, limit) = (due.clone(), DUE_PER_READ);
@@ -90,9 +101,12 @@ impl Redis {
                 })
                 .await
                 .ok()?;
-            let expiries = rooms.iter().map(|room| self.expire_room(room));
-            futures_util::future::join_all(expiries).await;
-            if rooms.len() < DUE_PER_READ {
+            let expiries = rooms.iter().map(|room| async move {
+                let _slot = slots.acquire().await.expect("never closed");
+                self.expire_room(room).await
+            });
+            let more = futures_util::future::join_all(expiries).await;
+            if rooms.len() < DUE_PER_READ && !more.contains(&true) {
                 break;
             }
         }
@@ -117,31 +131,33 @@ impl Redis {
     }
 
     /// Runs the expiry script on one due room, then the second steps of
-    /// what it ended.
-    async fn expire_room(&self, room_id: &str) {
+    /// what it ended; true when the room has more due now.
+    async fn expire_room(&self, room_id: &str) -> bool {
         let limits = &self.shared.config.limits;
         let keys = self.shared.keys.room(room_id);
         let retention = (limits.retention.as_millis() as Millis).to_string();
         let batch = (limits.snapshot_interval.as_millis() as Millis).to_string();
+        let most = EXPIRE_BATCH.to_string();
         let reply = self
             .room_call(
                 Op::Sweep,
                 &self.shared.scripts.expire,
                 room_id,
                 &keys,
-                &[&retention, &batch],
+                &[&retention, &batch, &most],
             )
             .await;
         let parsed = reply.and_then(|value| {
             parse_expired(value).map_err(|e| self.shared.calls.error(e, Some(room_id)))
         });
-        let (deleted, sessions, purged) = match parsed {
+        let (state, sessions, purged) = match parsed {
             Ok(parsed) => parsed,
             Err(err) => {
                 tracing::debug!(%err, room_id, "room not swept; retried at the next sweep");
-                return;
+                return false;
             }
         };
+        let deleted = state == Swept::Deleted;
         // The second steps of everything the script ended, at once: one
         // claim release per session, one index update per user, one totals
         // update for the room (a mass expiry is many sessions per room).
@@ -172,17 +188,33 @@ impl Redis {
             self.user_release(user_id, room_id, 0, true)
         });
         futures_util::future::join_all(purges).await;
+        state == Swept::More
     }
 }
 
-/// The expiry script's reply: room deleted, ended (session, user) pairs,
-/// purged users.
+/// What became of a swept room.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Swept {
+    /// Nothing more due now.
+    Done,
+    /// No users left: the room is gone.
+    Deleted,
+    /// More due now than one script may end.
+    More,
+}
+
+/// The expiry script's reply: what became of the room, ended (session,
+/// user) pairs, purged users.
 #[allow(clippy::type_complexity)]
 fn parse_expired(
     value: Value,
-) -> Result<(bool, Vec<(String, String)>, Vec<String>), redis::RedisError> {
+) -> Result<(Swept, Vec<(String, String)>, Vec<String>), redis::RedisError> {
     let mut reply = Reply::new(value)?;
-    let deleted = reply.number()? == 1;
+    let state = match reply.number()? {
+        1 => Swept::Deleted,
+        2 => Swept::More,
+        _ => Swept::Done,
+    };
     let mut sessions = Vec::new();
     loop {
         let session = reply.text()?;
@@ -195,5 +227,5 @@ fn parse_expired(
     while !reply.is_empty() {
         purged.push(reply.text()?);
     }
-    Ok((deleted, sessions, purged))
+    Ok((state, sessions, purged))
 }
