@@ -115,6 +115,7 @@ enum Command {
 enum Scenario {
     Heartbeat,
     Fanout,
+    Coalescing,
     Storm,
     Expiry,
     Memory,
@@ -133,6 +134,7 @@ impl Scenario {
         match self {
             Scenario::Heartbeat => heartbeat::run(ctx).await,
             Scenario::Fanout => fanout::run(ctx).await,
+            Scenario::Coalescing => coalescing::run(ctx).await,
             Scenario::Storm => storm::run(ctx).await,
             Scenario::Expiry => expiry::run(ctx).await,
             Scenario::Memory => memory::run(ctx).await,

@@ -6,10 +6,12 @@
 //!
 //! - `heartbeat`: live-session heartbeats vs Health/Check.
 //! - `fanout`: isolated changes to 100–50 k watchers vs Health/Watch.
+//! - `coalescing`: changes every 30–40 ms, adaptive vs fixed windows.
 //! - `storm`: a join storm, adaptive vs fixed windows.
 //! - `expiry`: 100 k sessions due at once.
 //! - `memory`: RSS per session, per room, per watch stream.
 
+pub mod coalescing;
 pub mod expiry;
 pub mod fanout;
 pub mod heartbeat;
