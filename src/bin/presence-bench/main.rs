@@ -12,7 +12,8 @@
 //! settings, sizes, sessions, clients), `watch` (watch streams: when each
 //! watcher had each change, and the checks every decoded message passes),
 //! `phase` (measured load phases), `load` (closed loop and fixed rate),
-//! `server` (child processes, pinning, metrics), `baseline` (the Health/Watch fan-out server,
+//! `server` (child processes, pinning, metrics), `redis_server` (the Redis
+//! scenarios' `redis-server`), `baseline` (the Health/Watch fan-out server,
 //! run as `health-server`), `stats` (percentiles, `/proc` through
 //! `procfs`), `report` (rows, targets, checks; JSON, Markdown, SVG).
 //!
@@ -23,6 +24,7 @@ mod baseline;
 mod ctx;
 mod load;
 mod phase;
+mod redis_server;
 mod report;
 mod scenarios;
 mod server;
@@ -119,6 +121,10 @@ enum Scenario {
     Storm,
     Expiry,
     Memory,
+    RedisHeartbeat,
+    RedisWatch,
+    RedisMemory,
+    RedisExpiry,
 }
 
 impl Scenario {
@@ -138,6 +144,10 @@ impl Scenario {
             Scenario::Storm => storm::run(ctx).await,
             Scenario::Expiry => expiry::run(ctx).await,
             Scenario::Memory => memory::run(ctx).await,
+            Scenario::RedisHeartbeat => redis_heartbeat::run(ctx).await,
+            Scenario::RedisWatch => redis_watch::run(ctx).await,
+            Scenario::RedisMemory => redis_memory::run(ctx).await,
+            Scenario::RedisExpiry => redis_expiry::run(ctx).await,
         }
     }
 }

@@ -10,10 +10,16 @@
 //! - `storm`: a join storm, adaptive vs fixed windows.
 //! - `expiry`: 100 k sessions due at once.
 //! - `memory`: RSS per session, per room, per watch stream.
+//! - `redis_heartbeat`, `redis_watch`, `redis_memory`, `redis_expiry`: the
+//!   Redis store (each with its own `redis-server`).
 
 pub mod coalescing;
 pub mod expiry;
 pub mod fanout;
 pub mod heartbeat;
 pub mod memory;
+pub mod redis_expiry;
+pub mod redis_heartbeat;
+pub mod redis_memory;
+pub mod redis_watch;
 pub mod storm;
