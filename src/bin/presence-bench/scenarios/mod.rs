@@ -10,6 +10,7 @@
 //! - `storm`: a join storm, adaptive vs fixed windows.
 //! - `expiry`: 100 k sessions due at once.
 //! - `memory`: RSS per session, per room, per watch stream.
+//! - `persist`: heartbeat stalls while `--data-dir` state is written.
 //! - `redis_heartbeat`, `redis_watch`, `redis_memory`, `redis_expiry`: the
 //!   Redis store (each with its own `redis-server`).
 
@@ -18,6 +19,7 @@ pub mod expiry;
 pub mod fanout;
 pub mod heartbeat;
 pub mod memory;
+pub mod persist;
 pub mod redis_expiry;
 pub mod redis_heartbeat;
 pub mod redis_memory;
