@@ -26,6 +26,7 @@ use crate::server::{connect_many, free_addr, metric, scrape};
 use crate::stats::round2;
 use crate::watch::{open_streams, spawn_room_reader, Tracker};
 
+/// `sessions` is a multiple of `rooms`: every room holds as many.
 struct Sizes {
     sessions: u64,
     rooms: u64,
@@ -33,7 +34,7 @@ struct Sizes {
 
 const QUICK: Sizes = Sizes {
     sessions: 2_000,
-    rooms: 30,
+    rooms: 20,
 };
 
 const FULL: Sizes = Sizes {
@@ -48,6 +49,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let s = ctx.sizes(&QUICK, &FULL);
     let (n, rooms) = (s.sessions, s.rooms);
     let per_room = n / rooms;
+    debug_assert_eq!(n % rooms, 0, "every room holds as many sessions");
     let mut rep = Report::default();
     let redis = RedisServer::start(ctx, "expiry").await?;
     let mut instances = Vec::new();
