@@ -1,23 +1,32 @@
 //! Coalescing windows: a room whose listing changes every 30–40 ms
-//! (randomised; joins and leaves), W watchers; time from each change's
-//! reply until the last watcher has it, with adaptive windows (the
-//! default) and with the fixed window (`--coalescing fixed`) in the same
-//! run. Between two changes a plain heartbeat of a live session, which no
-//! watcher may see.
+//! (randomised), W watchers; time from each change's reply until the last
+//! watcher has it, with adaptive windows (the default) and with the fixed
+//! window (`--coalescing fixed`) in the same run. Between two changes a
+//! plain heartbeat of a live session, which no watcher may see.
+//!
+//! The room has ten users online; a change is new data of one of them (a
+//! typing indicator with a counter, as a cursor or typing update would
+//! be), so the listing keeps its size over the run and the figures show
+//! the window, not a growing snapshot. The fan-out scenario measures joins
+//! and leaves.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use presenced::grpc::pb;
+use presenced::grpc::pb::presence_service_client::PresenceServiceClient;
+use prost_types::value::Kind;
 use serde_json::json;
+use tonic::transport::Channel;
 
-use crate::ctx::{fmt_count, presence_clients, Ctx, Rng};
+use crate::ctx::{fmt_count, interval, presence_clients, Ctx, Rng};
 use crate::phase::Meter;
 use crate::report::{Report, Row};
-use crate::scenarios::fanout::LIMIT;
 use crate::server::connect_many;
 use crate::stats::{mib, round2, Samples};
-use crate::watch::{expect_quiet, open_streams, spawn_room_reader, Churn, RoomWatch, Tracker};
+use crate::watch::{
+    expect_quiet, open_streams, spawn_room_reader, Progress, RoomWatch, Tracker, Verify,
+};
 
 struct Sizes {
     watchers: &'static [usize],
@@ -94,14 +103,7 @@ async fn case(
     let channels = connect_many(t.addr, w.div_ceil(ctx.watchers_per_conn)).await?;
     let clients = presence_clients(&channels);
     let driver = presence_clients(&connect_many(t.addr, 1).await?).remove(0);
-    let churn = Churn::new(
-        ctx,
-        driver,
-        ctx.room("coalescing", scope),
-        1000 + scope,
-        changes,
-    )
-    .await?;
+    let churn = Typing::new(ctx, driver, ctx.room("coalescing", scope), 1000 + scope).await?;
     let tracker = Tracker::new(w, changes);
     let per = ctx.watchers_per_conn;
     let open = |i: usize| {
@@ -117,8 +119,8 @@ async fn case(
         }
     };
     let spec = RoomWatch {
-        progress: Churn::progress(),
-        verify: Some(Churn::expected(changes, LIMIT)),
+        progress: Typing::progress(),
+        verify: Some(Typing::expected(changes)),
     };
     open_streams(
         &tracker,
@@ -186,6 +188,7 @@ async fn case(
     row.rss_mib = spent.map(|s| mib(s.rss_after));
     row.extra = json!({
         "coalescing": mode,
+        "change_is": "new data of one of 10 online users (UpdateRoomUser)",
         "watchers": w,
         "changes": changes,
         "snapshots_delivered": deliveries,
@@ -198,4 +201,130 @@ async fn case(
     });
     rep.sane(&row, None);
     Ok(row)
+}
+
+/// A room of [`Typing::USERS`] users online, one of whom (the typist)
+/// gets new data (`{"n": k + 1}`) at change k.
+struct Typing {
+    room: String,
+    room_token: String,
+    driver: PresenceServiceClient<Channel>,
+    base: pb::HeartbeatRequest,
+}
+
+impl Typing {
+    const USERS: usize = 10;
+    const TYPIST: &'static str = "typist";
+
+    /// The users in the order they come online: the base user, the typist,
+    /// then the others.
+    fn users() -> Vec<String> {
+        let mut users = vec!["base".to_string(), Self::TYPIST.to_string()];
+        users.extend((2..Self::USERS).map(|i| format!("user-{i}")));
+        users
+    }
+
+    async fn new(
+        ctx: &Ctx,
+        mut driver: PresenceServiceClient<Channel>,
+        room: String,
+        scope: u64,
+    ) -> Result<Typing, String> {
+        let mut requests = Vec::new();
+        for (i, user) in Self::users().into_iter().enumerate() {
+            requests.push(pb::HeartbeatRequest {
+                room_id: room.clone(),
+                user_id: user,
+                session_id: ctx.session(scope, i as u64),
+                interval: interval(600),
+            });
+        }
+        let mut room_token = String::new();
+        for req in &requests {
+            room_token = driver
+                .heartbeat(req.clone())
+                .await
+                .map_err(|e| format!("coalescing: join: {e}"))?
+                .into_inner()
+                .room_token;
+        }
+        Ok(Typing {
+            room,
+            room_token,
+            driver,
+            base: requests.swap_remove(0),
+        })
+    }
+
+    /// Change `k`; returns when its reply arrived.
+    async fn change(&self, k: usize) -> Result<Instant, String> {
+        let data = prost_types::Struct {
+            fields: [(
+                "n".to_string(),
+                prost_types::Value {
+                    kind: Some(Kind::NumberValue((k + 1) as f64)),
+                },
+            )]
+            .into(),
+        };
+        self.driver
+            .clone()
+            .update_room_user(pb::UpdateRoomUserRequest {
+                room_id: self.room.clone(),
+                user_id: Self::TYPIST.into(),
+                data: Some(data),
+            })
+            .await
+            .map_err(|e| format!("UpdateRoomUser: {e}"))?;
+        Ok(Instant::now())
+    }
+
+    /// A heartbeat of the base user's live session.
+    async fn plain_heartbeat(&self) -> Result<(), String> {
+        self.driver
+            .clone()
+            .heartbeat(self.base.clone())
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("plain heartbeat: {e}"))
+    }
+
+    /// The typist's counter: the changes a snapshot shows.
+    fn counter(s: &pb::RoomSnapshot) -> usize {
+        s.users
+            .iter()
+            .find(|u| u.user_id == Self::TYPIST)
+            .and_then(|u| u.data.as_ref()?.fields.get("n")?.kind.clone())
+            .map_or(0, |k| match k {
+                Kind::NumberValue(n) => n as usize,
+                _ => 0,
+            })
+    }
+
+    fn progress() -> Progress {
+        Arc::new(Self::counter)
+    }
+
+    /// Every user online in arrival order, the typist's counter at
+    /// `changes`.
+    fn expected(changes: usize) -> Verify {
+        let want = Self::users();
+        Arc::new(move |s: &pb::RoomSnapshot| {
+            let got: Vec<&str> = s.users.iter().map(|u| u.user_id.as_str()).collect();
+            let all = Self::USERS as u32;
+            if s.online_count != all || s.total_count != all || !s.users.iter().all(|u| u.online) {
+                return Err(format!(
+                    "{} online of {} (expected {all} of {all})",
+                    s.online_count, s.total_count
+                ));
+            }
+            if got != want {
+                return Err(format!("listing {got:?} (expected {want:?})"));
+            }
+            match Self::counter(s) {
+                n if n == changes => Ok(()),
+                n => Err(format!("the typist's counter is {n}, not {changes}")),
+            }
+        })
+    }
 }
