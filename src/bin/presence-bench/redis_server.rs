@@ -120,18 +120,29 @@ impl RedisServer {
     /// Calls per command so far (`INFO commandstats`), commands called
     /// from scripts included.
     pub async fn command_calls(&self) -> Result<HashMap<String, u64>, String> {
+        self.command_stat("calls").await
+    }
+
+    /// Microseconds Redis spent executing each command so far (a script's
+    /// time includes the commands it called).
+    pub async fn command_usec(&self) -> Result<HashMap<String, u64>, String> {
+        self.command_stat("usec").await
+    }
+
+    async fn command_stat(&self, field: &str) -> Result<HashMap<String, u64>, String> {
+        let prefix = format!("{field}=");
         Ok(self
             .info("commandstats")
             .await?
             .into_iter()
             .filter_map(|(k, v)| {
                 let cmd = k.strip_prefix("cmdstat_")?.to_string();
-                let calls = v
+                let n = v
                     .split(',')
-                    .find_map(|f| f.strip_prefix("calls="))?
+                    .find_map(|f| f.strip_prefix(prefix.as_str()))?
                     .parse()
                     .ok()?;
-                Some((cmd, calls))
+                Some((cmd, n))
             })
             .collect())
     }

@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::ctx::{fmt_count, interval_ns, presence_clients, Ctx, Population};
 use crate::load::{self, Call};
 use crate::phase::Meter;
-use crate::redis_server::RedisServer;
+use crate::redis_server::{calls_between, RedisServer};
 use crate::report::{Report, Row};
 use crate::scenarios::expiry::{interval_for, offline_watch};
 use crate::server::{connect_many, free_addr, metric, scrape};
@@ -182,23 +182,55 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         renewed.elapsed.as_secs_f64()
     ));
     let pids: Vec<Option<u32>> = instances.iter().map(|t| t.pid).chain([redis.pid]).collect();
+    let usec_before = redis.command_usec().await?;
     let meter = Meter::start(&pids);
-    let bound = Duration::from_nanos(last_deadline.saturating_sub(now())) + Duration::from_secs(10);
-    tracker.wait_step(0, bound).await;
+    // Until every room shows 0 online and the instances' counts of the
+    // sessions they expired add up (they count as they finish each
+    // session's second steps, so after the rooms went offline), bounded.
+    let give_up = Instant::now()
+        + Duration::from_nanos(last_deadline.saturating_sub(now()))
+        + Duration::from_secs(60);
+    let (mut half, mut most, mut counted) = (None, None, None);
+    let mut expired = vec![0u64; INSTANCES];
+    // Scrapes that found an instance's store down (a call past
+    // --store-timeout turns it NOT_SERVING).
+    let mut down = vec![0u32; INSTANCES];
+    let mut scraped = Instant::now() - Duration::from_secs(1);
+    loop {
+        let (c, t) = (u64::from(tracker.count(0)), now());
+        if half.is_none() && c * 2 >= rooms {
+            half = Some(t);
+        }
+        if most.is_none() && c * 10 >= rooms * 9 {
+            most = Some(t);
+        }
+        if scraped.elapsed() >= Duration::from_millis(250) && t >= first_deadline {
+            scraped = Instant::now();
+            for (i, addr) in metrics.iter().enumerate() {
+                let text = scrape(*addr).await?;
+                expired[i] = metric(
+                    &text,
+                    "presenced_sessions_ended_total",
+                    &["reason=\"expired\""],
+                ) as u64;
+                if metric(&text, "presenced_store_up", &[]) < 1.0 {
+                    down[i] += 1;
+                }
+            }
+            if counted.is_none() && expired.iter().sum::<u64>() >= n {
+                counted = Some(now());
+            }
+        }
+        if (c == rooms && counted.is_some()) || Instant::now() > give_up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let all_offline = tracker.last_ns(0);
     let m = meter.stop();
-    // Each instance counts what it expired when the script's reply comes
-    // back: give the last replies a moment.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut expired = Vec::new();
-    for addr in &metrics {
-        let text = scrape(*addr).await?;
-        expired.push(metric(
-            &text,
-            "presenced_sessions_ended_total",
-            &["reason=\"expired\""],
-        ) as u64);
-    }
+    let usec = calls_between(&usec_before, &redis.command_usec().await?);
+    let script_s = *usec.get("evalsha").unwrap_or(&0) as f64 / 1e6;
+    let after_ms = |t: Option<u64>| t.map(|t| round2((t as f64 - last_deadline as f64) / 1e6));
     let expired_sum: u64 = expired.iter().sum();
     let offline = tracker.count(0);
     let lateness_ms = (all_offline as f64 - last_deadline as f64) / 1e6;
@@ -220,6 +252,13 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         "all_offline_after_last_deadline_ms": round2(lateness_ms),
         "deadline_spread_ms": round2(spread_ms),
         "rooms_offline": offline, "rooms": rooms,
+        "half_the_rooms_offline_after_ms": after_ms(half),
+        "nine_tenths_offline_after_ms": after_ms(most),
+        "all_sessions_ended_after_ms": after_ms(counted),
+        "ended_is": "the instances' sessions_ended_total{reason=\"expired\"} adding up to every session: each counts a session once its second steps (claim, user index) are done",
+        "redis_script_seconds": round2(script_s),
+        "redis_script_note": "time Redis spent executing scripts (INFO commandstats, evalsha usec) from the deadline until all rooms were offline and every session counted, or the bound",
+        "scrapes_with_store_down": down,
         "expired_by_instance": expired,
         "expired_sum": expired_sum,
         "presenced_cpu_us_per_expired_session": cpu_per_session(0..INSTANCES),
@@ -232,6 +271,12 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     );
     rep.check(
         format!(
+            "redis-expiry: every instance kept its store up (scrapes that found it down: {down:?})"
+        ),
+        down.iter().all(|d| *d == 0),
+    );
+    rep.check(
+        format!(
             "redis-expiry: the instances' expired counts {expired:?} add up to {n} ({expired_sum})"
         ),
         expired_sum == n,
@@ -241,9 +286,12 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         "Redis: mass expiry, three instances",
         "every room 0 online within 2 s of the deadline",
         format!(
-            "{lateness_ms:.0} ms after the last deadline ({} of {rooms} rooms; deadlines spread over {spread_ms:.0} ms); expired {} = {expired_sum} of {n}",
+            "{lateness_ms:.0} ms after the last deadline ({} of {rooms} rooms; half of them by {:.0} ms, 90 % by {:.0} ms, polled; deadlines spread over {spread_ms:.0} ms); expired {} = {expired_sum} of {n}, all counted {:.0} ms after the deadline; Redis ran scripts for {script_s:.1} s meanwhile",
             offline,
-            expired.iter().map(u64::to_string).collect::<Vec<_>>().join(" + ")
+            after_ms(half).unwrap_or(f64::NAN),
+            after_ms(most).unwrap_or(f64::NAN),
+            expired.iter().map(u64::to_string).collect::<Vec<_>>().join(" + "),
+            after_ms(counted).unwrap_or(f64::NAN)
         ),
         Some(offline == rooms as u32 && lateness_ms <= 2000.0),
     );
