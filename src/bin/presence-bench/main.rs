@@ -53,7 +53,8 @@ struct Cli {
     #[arg(value_enum)]
     scenarios: Vec<Scenario>,
 
-    /// Small sizes (the smoke run): every scenario in about three minutes.
+    /// Small sizes (the smoke run): every scenario in about four minutes
+    /// of a debug build on 2 cores.
     #[arg(long)]
     quick: bool,
 

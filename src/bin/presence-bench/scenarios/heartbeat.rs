@@ -25,7 +25,7 @@ struct Sizes {
 
 const QUICK: Sizes = Sizes {
     small: 1_000,
-    large: 20_000,
+    large: 10_000,
     max_ops: 20_000,
     max_time: Duration::from_secs(2),
     rate: 1_000.0,

@@ -24,7 +24,7 @@ const QUICK: Sizes = Sizes {
     sessions: 10_000,
     rooms: 1_000,
     rate: 1_000.0,
-    duration: Duration::from_secs(3),
+    duration: Duration::from_secs(2),
 };
 
 const FULL: Sizes = Sizes {
