@@ -8,20 +8,28 @@
 //! server's own accounting in `/proc/<pid>` (utime + stime, and per-thread
 //! schedstat for nanosecond resolution), RSS from `/proc/<pid>/status`.
 //!
-//! Modules: `scenarios` (heartbeat, fanout, storm, expiry, memory),
-//! `load` (closed loop and fixed rate), `server` (child processes, pinning),
-//! `baseline` (the Health/Watch fan-out server, run as `health-server`),
-//! `stats` (percentiles, `/proc`), `report` (JSON, Markdown, SVG).
+//! Modules: `scenarios` (one file per scenario), `ctx` (what they share:
+//! settings, sizes, sessions, clients), `watch` (watch streams: when each
+//! watcher had each change, and the checks every decoded message passes),
+//! `phase` (measured load phases), `load` (closed loop and fixed rate),
+//! `server` (child processes, pinning, metrics), `redis_server` (the Redis
+//! scenarios' `redis-server`), `baseline` (the Health/Watch fan-out server,
+//! run as `health-server`), `stats` (percentiles, `/proc` through
+//! `procfs`), `report` (rows, targets, checks; JSON, Markdown, SVG).
 //!
 //! `presence-bench --quick --check` is the smoke run: small sizes, and a
 //! non-zero exit when a number is not sane (not when it is slow).
 
 mod baseline;
+mod ctx;
 mod load;
+mod phase;
+mod redis_server;
 mod report;
 mod scenarios;
 mod server;
 mod stats;
+mod watch;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,6 +37,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::report::Report;
 
 /// Benchmarks presenced against same-run baselines (grpc.health.v1 on the
 /// same stack) and reports throughput, latency, server CPU per operation and
@@ -43,7 +53,8 @@ struct Cli {
     #[arg(value_enum)]
     scenarios: Vec<Scenario>,
 
-    /// Small sizes (the smoke run): every scenario in about two minutes.
+    /// Small sizes (the smoke run): every scenario in about four minutes
+    /// of a debug build on 2 cores.
     #[arg(long)]
     quick: bool,
 
@@ -55,6 +66,11 @@ struct Cli {
     /// The presenced binary to start.
     #[arg(long, default_value_os_t = server::default_presenced())]
     presenced: PathBuf,
+
+    /// The redis-server binary the Redis scenarios start (Debian:
+    /// `apt-get install redis-server`).
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
 
     /// Target a running presenced at this address instead of starting one
     /// (scenarios then share its state; CPU and RSS need --pid).
@@ -102,9 +118,41 @@ enum Command {
 enum Scenario {
     Heartbeat,
     Fanout,
+    Coalescing,
     Storm,
     Expiry,
     Memory,
+    Persist,
+    RedisHeartbeat,
+    RedisWatch,
+    RedisMemory,
+    RedisExpiry,
+}
+
+impl Scenario {
+    /// Its name on the command line and in the report.
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    }
+
+    async fn run(self, ctx: &ctx::Ctx) -> Result<Report, String> {
+        use scenarios::*;
+        match self {
+            Scenario::Heartbeat => heartbeat::run(ctx).await,
+            Scenario::Fanout => fanout::run(ctx).await,
+            Scenario::Coalescing => coalescing::run(ctx).await,
+            Scenario::Storm => storm::run(ctx).await,
+            Scenario::Expiry => expiry::run(ctx).await,
+            Scenario::Memory => memory::run(ctx).await,
+            Scenario::Persist => persist::run(ctx).await,
+            Scenario::RedisHeartbeat => redis_heartbeat::run(ctx).await,
+            Scenario::RedisWatch => redis_watch::run(ctx).await,
+            Scenario::RedisMemory => redis_memory::run(ctx).await,
+            Scenario::RedisExpiry => redis_expiry::run(ctx).await,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -141,13 +189,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli, pin: server::Pinning) -> ExitCode {
     let scenarios = if cli.scenarios.is_empty() {
-        vec![
-            Scenario::Heartbeat,
-            Scenario::Fanout,
-            Scenario::Storm,
-            Scenario::Expiry,
-            Scenario::Memory,
-        ]
+        Scenario::value_variants().to_vec()
     } else {
         cli.scenarios.clone()
     };
@@ -155,13 +197,13 @@ async fn run(cli: Cli, pin: server::Pinning) -> ExitCode {
         eprintln!("{}: {e}", cli.out.display());
         return ExitCode::FAILURE;
     }
-    let ctx = scenarios::Ctx {
+    let ctx = ctx::Ctx {
         pin: pin.clone(),
         presenced: cli.presenced.clone(),
+        redis_server: cli.redis_server.clone(),
         out_dir: cli.out.clone(),
         quick: cli.quick,
         existing: cli.target.map(|a| (a, cli.pid)),
-        tck: stats::clk_tck(),
         run: uuid::Uuid::new_v4(),
         watchers_per_conn: cli.watchers_per_conn.max(1),
         snapshot_interval: cli.snapshot_interval,
@@ -181,20 +223,13 @@ async fn run(cli: Cli, pin: server::Pinning) -> ExitCode {
     let machine = machine();
     let mut results = Vec::new();
     for s in scenarios {
-        let name = format!("{s:?}").to_lowercase();
+        let name = s.name();
         eprintln!("== {name}");
         let start = Instant::now();
-        let scenario = async {
-            match s {
-                Scenario::Heartbeat => scenarios::heartbeat(&ctx).await,
-                Scenario::Fanout => scenarios::fanout(&ctx).await,
-                Scenario::Storm => scenarios::storm(&ctx).await,
-                Scenario::Expiry => scenarios::expiry(&ctx).await,
-                Scenario::Memory => scenarios::memory(&ctx).await,
-            }
-        };
+        let scenario = s.run(&ctx);
         // On SIGINT/SIGTERM the scenario is dropped, which stops its
-        // servers (they are children: nothing else would).
+        // servers, redis-server included (they are children: nothing else
+        // would).
         let r = tokio::select! {
             r = scenario => r,
             () = interrupted() => {

@@ -1,11 +1,135 @@
-//! The run's outputs: JSON (everything), Markdown (the tables of
-//! BENCHMARKS.md) and an SVG chart, all made from the same rows.
+//! What a scenario reports (rows, targets, sanity checks) and the run's
+//! outputs: JSON (everything), Markdown (the tables of BENCHMARKS.md) and an
+//! SVG chart, all made from the same rows.
 
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::scenarios::{Goal, Report, Row};
+use crate::load::Outcome;
+use crate::stats::{round2, Latency};
+
+/// One measured line of a scenario.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub scenario: &'static str,
+    pub case: String,
+    pub ops: u64,
+    pub throughput: Option<f64>,
+    pub latency: Option<Latency>,
+    pub cpu_us_per_op: Option<f64>,
+    pub rss_mib: Option<f64>,
+    /// The same-run baseline's CPU per op, and our ratio to it.
+    pub baseline: Option<(String, Option<f64>)>,
+    pub extra: Value,
+}
+
+impl Row {
+    pub fn new(scenario: &'static str, case: impl Into<String>) -> Row {
+        Row {
+            scenario,
+            case: case.into(),
+            ops: 0,
+            throughput: None,
+            latency: None,
+            cpu_us_per_op: None,
+            rss_mib: None,
+            baseline: None,
+            extra: json!({}),
+        }
+    }
+
+    pub fn ratio(&self) -> Option<f64> {
+        let (_, base) = self.baseline.as_ref()?;
+        Some(self.cpu_us_per_op? / (*base)?)
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "scenario": self.scenario,
+            "case": self.case,
+            "ops": self.ops,
+            "throughput_per_s": self.throughput.map(round2),
+            "latency": self.latency.map(|l| l.json()),
+            "server_cpu_us_per_op": self.cpu_us_per_op.map(round2),
+            "server_rss_mib": self.rss_mib.map(round2),
+            "baseline": self.baseline.as_ref().map(|(name, cpu)| json!({
+                "case": name, "server_cpu_us_per_op": cpu.map(round2),
+            })),
+            "cpu_ratio_to_baseline": self.ratio().map(|r| (r * 1000.0).round() / 1000.0),
+            "extra": self.extra,
+        })
+    }
+}
+
+/// A performance target of an issue and whether this run met it.
+#[derive(Debug, Clone)]
+pub struct Goal {
+    pub name: String,
+    pub target: String,
+    pub measured: String,
+    /// `None` when it could not be measured in this run.
+    pub met: Option<bool>,
+}
+
+/// What a scenario reports.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub rows: Vec<Row>,
+    pub goals: Vec<Goal>,
+    /// Sanity checks (the smoke run fails on any false one).
+    pub checks: Vec<(String, bool)>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn check(&mut self, what: impl Into<String>, ok: bool) {
+        self.checks.push((what.into(), ok));
+    }
+
+    pub fn goal(&mut self, name: &str, target: &str, measured: String, met: Option<bool>) {
+        self.goals.push(Goal {
+            name: name.into(),
+            target: target.into(),
+            measured,
+            met,
+        });
+    }
+
+    /// Checks a row's numbers are plausible: work done, no errors, finite
+    /// latencies, CPU per op between 10 ns and 100 ms.
+    pub fn sane(&mut self, row: &Row, outcome: Option<&Outcome>) {
+        let name = format!("{}: {}", row.scenario, row.case);
+        if let Some(o) = outcome {
+            self.check(
+                format!(
+                    "{name}: calls succeed ({} errors{})",
+                    o.errors,
+                    o.first_error
+                        .as_deref()
+                        .map(|e| format!(", first: {e}"))
+                        .unwrap_or_default()
+                ),
+                o.errors == 0 && o.ok > 0,
+            );
+        }
+        if let Some(l) = row.latency {
+            let ok = l.samples > 0
+                && l.p50_us.is_some_and(|v| v.is_finite() && v >= 0.0)
+                && l.p99_us >= l.p50_us;
+            self.check(
+                format!("{name}: latency percentiles are ordered and finite"),
+                ok,
+            );
+        }
+        if let Some(cpu) = row.cpu_us_per_op {
+            self.check(
+                format!("{name}: server CPU per op {cpu:.2} µs is plausible"),
+                cpu.is_finite() && cpu > 0.01 && cpu < 100_000.0,
+            );
+        }
+    }
+}
 
 /// Everything one run measured.
 pub struct Run {
@@ -164,27 +288,34 @@ impl Run {
         md
     }
 
-    /// Two panels: server CPU per operation against the same-run baseline
-    /// (heartbeat vs Health/Check, delivery vs Health/Watch), and fan-out
-    /// latency to the last watcher by number of watchers.
+    /// Two panels: CPU per operation against the same-run baseline (each
+    /// row with a baseline: heartbeat vs Health/Check, delivery vs
+    /// Health/Watch, join vs the fixed window, Redis vs memory or a no-op
+    /// script), and latency to the last watcher (each row with a
+    /// `baseline_latency`: fan-out, coalescing, across instances). A row's
+    /// `chart_label` names its bars; `"chart": "latency"` keeps it out of
+    /// the CPU panel.
     pub fn svg(&self) -> String {
+        let label = |r: &Row| {
+            r.extra["chart_label"]
+                .as_str()
+                .map_or_else(|| short(&r.case), str::to_string)
+        };
         let cpu: Vec<(String, f64, f64)> = self
             .rows()
+            .filter(|r| r.extra["chart"].as_str() != Some("latency"))
             .filter_map(|r| {
                 let base = r.baseline.as_ref()?.1?;
-                Some((short(&r.case), r.cpu_us_per_op?, base))
+                Some((label(r), r.cpu_us_per_op?, base))
             })
             .collect();
         let fan: Vec<(String, f64, f64, f64)> = self
             .rows()
-            .filter(|r| r.scenario == "fanout" && r.case.starts_with("WatchRoom"))
             .filter_map(|r| {
                 let l = r.latency?;
-                let base = r.extra["baseline_latency"]["p99_us"]
-                    .as_f64()
-                    .unwrap_or(0.0);
+                let base = r.extra["baseline_latency"]["p99_us"].as_f64()?;
                 Some((
-                    short(&r.case),
+                    label(r),
                     l.p50_us? / 1000.0,
                     l.p99_us? / 1000.0,
                     base / 1000.0,
@@ -193,7 +324,7 @@ impl Run {
             .collect();
         let width = 900.0;
         let bar_h = 14.0;
-        let label_w = 290.0;
+        let label_w = 330.0;
         let plot_w = width - label_w - 90.0;
         let mut y = 40.0;
         let mut body = String::new();
@@ -233,7 +364,7 @@ impl Run {
         y += 30.0;
         let _ = writeln!(
             body,
-            r#"<text x="10" y="{:.0}" class="h">Fan-out: ms from a change's reply to the last watcher's receipt</text>"#,
+            r#"<text x="10" y="{:.0}" class="h">Latency: ms from a change's reply to the last watcher's receipt</text>"#,
             y - 10.0
         );
         let max_ms = fan.iter().map(|f| f.2.max(f.3)).fold(1e-9, f64::max);
@@ -248,7 +379,7 @@ impl Run {
             for (i, (v, class, what)) in [
                 (p50, "a2", "p50"),
                 (p99, "a", "p99"),
-                (base, "b", "Health/Watch p99"),
+                (base, "b", "baseline p99"),
             ]
             .iter()
             .enumerate()
@@ -272,11 +403,8 @@ impl Run {
         let legend_y = y + 10.0;
         let _ = writeln!(
             body,
-            r#"<rect x="{label_w:.0}" y="{legend_y:.0}" width="12" height="12" class="a"/><text x="{:.0}" y="{:.0}" class="l">presenced</text><rect x="{:.0}" y="{legend_y:.0}" width="12" height="12" class="b"/><text x="{:.0}" y="{:.0}" class="l">baseline (grpc.health.v1 on the same stack)</text>"#,
-            label_w + 16.0,
+            r#"<rect x="10" y="{legend_y:.0}" width="12" height="12" class="a"/><text x="26" y="{:.0}" class="l">presenced</text><rect x="110" y="{legend_y:.0}" width="12" height="12" class="b"/><text x="126" y="{:.0}" class="l">same-run baseline: Health/Check or Watch on the same stack; the fixed window; the memory store; a no-op script</text>"#,
             legend_y + 10.0,
-            label_w + 110.0,
-            label_w + 126.0,
             legend_y + 10.0
         );
         let height = legend_y + 30.0;

@@ -69,7 +69,8 @@ impl Pinning {
         }
     }
 
-    fn command(&self, program: &Path) -> Command {
+    /// A command running `program` on the server core.
+    pub fn command(&self, program: &Path) -> Command {
         match self.server_core {
             Some(core) => {
                 let mut c = Command::new("taskset");
@@ -81,11 +82,20 @@ impl Pinning {
     }
 }
 
-/// A free loopback port (bound and released; a race with another process
-/// grabbing it is possible but harmless: the start then fails loudly).
+/// A loopback address free a moment ago, on a port below Linux's
+/// ephemeral range (32768 and up), so that none of the bench's own
+/// outgoing connections is given it before the server binds it. A race
+/// with another process is still possible but harmless: the start then
+/// fails loudly.
 pub fn free_addr() -> std::io::Result<SocketAddr> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    l.local_addr()
+    let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+    for i in 0..1000u64 {
+        let port = 20_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % 12_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr();
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
 /// A server process the bench measures.
@@ -222,23 +232,76 @@ impl Target {
     /// not start is left alone.
     pub fn stop(&mut self) {
         self.control = None;
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(child) = self.child.take() {
+            stop_child(child);
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
+}
+
+/// Stops a child of ours by its pid: SIGTERM, then SIGKILL after 5 s.
+pub fn stop_child(mut child: Child) {
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The text of presenced's `GET /metrics` on its admin address.
+pub async fn scrape(addr: SocketAddr) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fail = |e: std::io::Error| format!("metrics on {addr}: {e}");
+    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("metrics on {addr}: connect timed out"))?
+        .map_err(fail)?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
+        .await
+        .map_err(fail)?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .map_err(|_| format!("metrics on {addr}: read timed out"))?
+        .map_err(fail)?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("metrics on {addr}: not an HTTP response"))?;
+    // HTTP/1.0: the body is not chunked, it ends with the connection.
+    if head.split_whitespace().nth(1) != Some("200") {
+        return Err(format!(
+            "metrics on {addr}: {}",
+            head.lines().next().unwrap_or("")
+        ));
+    }
+    Ok(body.to_string())
+}
+
+/// The sum of the samples of metric `name` (exactly, with any labels)
+/// whose labels contain every one of `labels` (`key="value"`).
+pub fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labelset, value) = match rest.strip_prefix('{') {
+                Some(r) => r.split_once("} ")?,
+                None => ("", rest.strip_prefix(' ')?),
+            };
+            labels
+                .iter()
+                .all(|want| labelset.split(',').any(|l| l == *want))
+                .then(|| value.split_whitespace().next()?.parse::<f64>().ok())?
+        })
+        .sum()
 }
 
 impl Drop for Target {

@@ -79,7 +79,8 @@ impl Latency {
     }
 }
 
-/// A process's resource use at one instant, read from `/proc`.
+/// A process's resource use at one instant, read from `/proc` through the
+/// `procfs` crate (the server's own metrics read `/proc/self` the same way).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Usage {
     /// utime + stime from `/proc/<pid>/stat`, in clock ticks (all threads,
@@ -92,47 +93,30 @@ pub struct Usage {
     pub rss: u64,
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux nearly always).
+/// Clock ticks per second, the unit of utime and stime (100 on Linux
+/// nearly always).
 pub fn clk_tck() -> u64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
+    procfs::ticks_per_second()
 }
 
 impl Usage {
     /// Reads `pid`'s accounting; `None` if the process is gone or `/proc`
     /// is not there.
     pub fn read(pid: u32) -> Option<Usage> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Fields after the command name (which may hold spaces) in parens.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // rest[0] is field 3 (state); utime is field 14, stime field 15.
-        let cpu_ticks =
-            fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        let rss_kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
-        let mut cpu_ns = 0;
-        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-            for task in tasks.flatten() {
-                if let Ok(s) = std::fs::read_to_string(task.path().join("schedstat")) {
-                    cpu_ns += s
-                        .split_whitespace()
-                        .next()
-                        .and_then(|v| v.parse::<u64>().ok())
-                        .unwrap_or(0);
-                }
-            }
-        }
+        let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+        let stat = process.stat().ok()?;
+        let rss_kib = process.status().ok()?.vmrss?;
+        // A thread that exits between the listing and its read is skipped
+        // (its time stays in utime + stime; see `Spent::between`).
+        let cpu_ns = process.tasks().map_or(0, |tasks| {
+            tasks
+                .flatten()
+                .filter_map(|task| task.schedstat().ok())
+                .map(|s| s.sum_exec_runtime)
+                .sum()
+        });
         Some(Usage {
-            cpu_ticks,
+            cpu_ticks: stat.utime + stat.stime,
             cpu_ns,
             rss: rss_kib * 1024,
         })
@@ -153,8 +137,9 @@ pub struct Spent {
 }
 
 impl Spent {
-    pub fn between(before: Option<Usage>, after: Option<Usage>, tck: u64) -> Option<Spent> {
+    pub fn between(before: Option<Usage>, after: Option<Usage>) -> Option<Spent> {
         let (b, a) = (before?, after?);
+        let tck = clk_tck();
         let ticks = a.cpu_ticks.saturating_sub(b.cpu_ticks);
         let tick_ns = ticks * 1_000_000_000 / tck.max(1);
         let sched_ns = a.cpu_ns.saturating_sub(b.cpu_ns);
