@@ -52,7 +52,8 @@ export type HeartbeatRequest = Message<"presence.v1.HeartbeatRequest"> & {
    * 2.5 × interval after its last heartbeat, and a deadline is final: a
    * heartbeat after it starts a new session. Expired sessions are ended soon
    * after (within one snapshot interval, 50 ms by default, in memory; within
-   * 250 ms more with Redis).
+   * 250 ms more with Redis); many at once take longer (100 k: 0.15 s in
+   * memory, about 8 s through one Redis, see BENCHMARKS.md).
    *
    * @generated from field: google.protobuf.Duration interval = 4;
    */
