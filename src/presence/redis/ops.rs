@@ -58,7 +58,7 @@ impl Redis {
 
     /// Runs a script on one key (an index, the totals): ARGV is now, three
     /// blanks (the room arguments of room scripts), then `extra`.
-    async fn key_call(
+    pub(super) async fn key_call(
         &self,
         op: Op,
         script: &Script,
@@ -584,7 +584,7 @@ impl Redis {
                 Op::Claim,
                 &self.shared.scripts.claim,
                 &key,
-                &["release", session_id, owner, ""],
+                &["release", session_id, owner],
             )
             .await
         {

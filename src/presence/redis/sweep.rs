@@ -5,9 +5,17 @@
 //! re-checks each deadline and retention, so instances racing on a room
 //! end each session once and the loser finds nothing to do. Each pass
 //! also reads the groups' totals for the live-count metrics.
+//!
+//! What an expiry changes outside the room's slot (the session's claim,
+//! the user's index, the totals) is done once the pass has ended every
+//! due session, batched per index group: a mass expiry shows in the rooms
+//! first, and costs a few calls per group rather than two per session.
+//! Deferred, these are only releases, which commute with the reserves
+//! made meanwhile.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::Value;
@@ -35,6 +43,8 @@ const EXPIRES_IN_FLIGHT: usize = 8;
 /// about 4 ms of Redis's time; a room with more stays due and is swept
 /// again at once.
 const EXPIRE_BATCH: usize = 128;
+/// Claims, or user index entries, one release call gives up at most.
+const RELEASE_BATCH: usize = 256;
 
 impl Redis {
     /// Sweeps until `shutdown`.
@@ -56,7 +66,8 @@ impl Redis {
         ActivityCounters::bump(&self.shared.counters.sweeps);
         let now = self.now_ms_for_sweep();
         let slots = Semaphore::new(EXPIRES_IN_FLIGHT);
-        let groups = (0..ROOM_GROUPS).map(|g| self.sweep_group(g, now, &slots));
+        let ended = Mutex::new(Ended::default());
+        let groups = (0..ROOM_GROUPS).map(|g| self.sweep_group(g, now, &slots, &ended));
         let totals = futures_util::future::join_all(groups).await;
         let mut sum = [0u64; 3];
         let mut complete = true;
@@ -72,6 +83,58 @@ impl Redis {
             }
         }
         self.publish_due();
+        let ended = ended.into_inner().expect("never poisoned");
+        self.release_ended(ended, &slots).await;
+    }
+
+    /// The second steps of what a sweep ended: per index group, one call
+    /// per [`RELEASE_BATCH`] claims and one per as many user entries; one
+    /// totals update. Failures are logged: a claim left behind is taken
+    /// over when found stale, and a user index heals at its next limit.
+    async fn release_ended(&self, ended: Ended, slots: &Semaphore) {
+        let calls = ended.claims.iter().flat_map(|(key, pairs)| {
+            pairs.chunks(RELEASE_BATCH * 2).map(move |chunk| async move {
+                let _slot = slots.acquire().await.expect("never closed");
+                let mut args = vec!["release"];
+                args.extend(chunk.iter().map(String::as_str));
+                let call = self.key_call(Op::Claim, &self.shared.scripts.claim, key, &args);
+                if let Err(err) = call.await {
+                    tracing::debug!(%err, key, "claims not released; each is taken over when found stale");
+                }
+            })
+        });
+        let mut users: HashMap<String, Vec<String>> = HashMap::new();
+        for ((user_id, room_id), n) in ended.users {
+            users
+                .entry(self.shared.keys.user_index(&user_id))
+                .or_default()
+                .extend([user_id, room_id, n.to_string(), "0".to_owned()]);
+        }
+        let releases = users.iter().flat_map(|(key, entries)| {
+            entries.chunks(RELEASE_BATCH * 4).map(move |chunk| async move {
+                let _slot = slots.acquire().await.expect("never closed");
+                let mut args = vec!["release"];
+                args.extend(chunk.iter().map(String::as_str));
+                let call = self.key_call(
+                    Op::UserIndex,
+                    &self.shared.scripts.user_index,
+                    key,
+                    &args,
+                );
+                if let Err(err) = call.await {
+                    tracing::debug!(%err, key, "user index not updated; it heals at its next use");
+                }
+            })
+        });
+        tokio::join!(
+            futures_util::future::join_all(calls),
+            futures_util::future::join_all(releases),
+            async {
+                if ended.sessions > 0 || ended.rooms > 0 {
+                    self.totals_release(ended.sessions, ended.rooms).await;
+                }
+            },
+        );
     }
 
     /// The sweep's "now" for choosing due rooms. Redis's own time decides
@@ -83,7 +146,13 @@ impl Redis {
     }
 
     /// Sweeps one group; returns its totals (sessions, rooms, online).
-    async fn sweep_group(&self, g: u64, now: Millis, slots: &Semaphore) -> Option<[u64; 3]> {
+    async fn sweep_group(
+        &self,
+        g: u64,
+        now: Millis,
+        slots: &Semaphore,
+        ended: &Mutex<Ended>,
+    ) -> Option<[u64; 3]> {
         let (due, totals) = self.shared.keys.group(g);
         loop {
             let (d, limit) = (due.clone(), DUE_PER_READ);
@@ -103,7 +172,7 @@ impl Redis {
                 .ok()?;
             let expiries = rooms.iter().map(|room| async move {
                 let _slot = slots.acquire().await.expect("never closed");
-                self.expire_room(room).await
+                self.expire_room(room, ended).await
             });
             let more = futures_util::future::join_all(expiries).await;
             if rooms.len() < DUE_PER_READ && !more.contains(&true) {
@@ -130,9 +199,10 @@ impl Redis {
         ])
     }
 
-    /// Runs the expiry script on one due room, then the second steps of
-    /// what it ended; true when the room has more due now.
-    async fn expire_room(&self, room_id: &str) -> bool {
+    /// Runs the expiry script on one due room, adding what it ended to
+    /// `ended` and purging the index entries of the users it forgot; true
+    /// when the room has more due now.
+    async fn expire_room(&self, room_id: &str, ended: &Mutex<Ended>) -> bool {
         let limits = &self.shared.config.limits;
         let keys = self.shared.keys.room(room_id);
         let retention = (limits.retention.as_millis() as Millis).to_string();
@@ -157,32 +227,23 @@ impl Redis {
                 return false;
             }
         };
-        let deleted = state == Swept::Deleted;
-        // The second steps of everything the script ended, at once: one
-        // claim release per session, one index update per user, one totals
-        // update for the room (a mass expiry is many sessions per room).
-        let mut per_user: HashMap<&str, i64> = HashMap::new();
-        for (_, user_id) in &sessions {
-            ActivityCounters::bump(&self.shared.counters.sessions_expired);
-            *per_user.entry(user_id.as_str()).or_default() += 1;
+        {
+            let mut ended = ended.lock().expect("never poisoned");
+            for (session_id, user_id) in sessions {
+                ActivityCounters::bump(&self.shared.counters.sessions_expired);
+                let owner = format!("{room_id}{US}{user_id}");
+                let claims = ended.claims.entry(self.shared.keys.claims(&session_id));
+                claims.or_default().extend([session_id, owner]);
+                *ended
+                    .users
+                    .entry((user_id, room_id.to_owned()))
+                    .or_default() += 1;
+                ended.sessions += 1;
+            }
+            ended.rooms += i64::from(state == Swept::Deleted);
         }
-        let unclaims = sessions.iter().map(|(session_id, user_id)| async move {
-            self.unclaim(session_id, &format!("{room_id}{US}{user_id}"))
-                .await
-        });
-        let releases = per_user
-            .iter()
-            .map(|(user_id, n)| self.user_release(user_id, room_id, *n, false));
-        tokio::join!(
-            futures_util::future::join_all(unclaims),
-            futures_util::future::join_all(releases),
-            async {
-                if !sessions.is_empty() || deleted {
-                    self.totals_release(sessions.len() as i64, i64::from(deleted))
-                        .await;
-                }
-            },
-        );
+        // Purges stay one call each, at once: forgetting a room in an
+        // index does not commute with a session joining it meanwhile.
         let purges = purged.iter().map(|user_id| {
             ActivityCounters::bump(&self.shared.counters.users_purged);
             self.user_release(user_id, room_id, 0, true)
@@ -190,6 +251,18 @@ impl Redis {
         futures_util::future::join_all(purges).await;
         state == Swept::More
     }
+}
+
+/// What a sweep ended, for its second steps.
+#[derive(Default)]
+struct Ended {
+    /// Claims to release by claims key: session id, owner, ….
+    claims: HashMap<String, Vec<String>>,
+    /// Sessions ended by (user, room).
+    users: HashMap<(String, String), i64>,
+    /// Sessions and rooms ended in all.
+    sessions: i64,
+    rooms: i64,
 }
 
 /// What became of a swept room.
