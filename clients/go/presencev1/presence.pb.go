@@ -46,7 +46,7 @@ type HeartbeatRequest struct {
 	// heartbeat after it starts a new session. Expired sessions are ended soon
 	// after (within one snapshot interval, 50 ms by default, in memory; within
 	// 250 ms more with Redis); many at once take longer (100 k: 0.15 s in
-	// memory, about 8 s through one Redis, see BENCHMARKS.md).
+	// memory, about 3.5 s through one Redis, see BENCHMARKS.md).
 	Interval *durationpb.Duration `protobuf:"bytes,4,opt,name=interval,proto3" json:"interval,omitempty"`
 }
 

@@ -185,8 +185,8 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let usec_before = redis.command_usec().await?;
     let meter = Meter::start(&pids);
     // Until every room shows 0 online and the instances' counts of the
-    // sessions they expired add up (they count as they finish each
-    // session's second steps, so after the rooms went offline), bounded.
+    // sessions they expired add up (each counts a session when the room
+    // script that ended it replies), bounded.
     let give_up = Instant::now()
         + Duration::from_nanos(last_deadline.saturating_sub(now()))
         + Duration::from_secs(60);
@@ -255,7 +255,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         "half_the_rooms_offline_after_ms": after_ms(half),
         "nine_tenths_offline_after_ms": after_ms(most),
         "all_sessions_ended_after_ms": after_ms(counted),
-        "ended_is": "the instances' sessions_ended_total{reason=\"expired\"} adding up to every session: each counts a session once its second steps (claim, user index) are done",
+        "ended_is": "the instances' sessions_ended_total{reason=\"expired\"} adding up to every session: each counts a session when the room script that ended it replies (its claim, user index and totals are released after the sweep pass)",
         "redis_script_seconds": round2(script_s),
         "redis_script_note": "time Redis spent executing scripts (INFO commandstats, evalsha usec) from the deadline until all rooms were offline and every session counted, or the bound",
         "scrapes_with_store_down": down,

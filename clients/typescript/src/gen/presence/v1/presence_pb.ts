@@ -53,7 +53,7 @@ export type HeartbeatRequest = Message<"presence.v1.HeartbeatRequest"> & {
    * heartbeat after it starts a new session. Expired sessions are ended soon
    * after (within one snapshot interval, 50 ms by default, in memory; within
    * 250 ms more with Redis); many at once take longer (100 k: 0.15 s in
-   * memory, about 8 s through one Redis, see BENCHMARKS.md).
+   * memory, about 3.5 s through one Redis, see BENCHMARKS.md).
    *
    * @generated from field: google.protobuf.Duration interval = 4;
    */
